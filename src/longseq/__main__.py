@@ -1,0 +1,7 @@
+"""``python -m longseq`` = the ``longseq`` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
