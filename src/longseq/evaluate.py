@@ -279,7 +279,14 @@ def run_eval(cfg: EvalConfig, progress: bool = True, quiet: bool = False) -> dic
     done = {record_key(r) for r in read_jsonl(samples_path)}
     pending = [i for i in items if i.key not in done]
     builder = PromptBuilder(tokenizer, fmt, cfg.seed)
+    # Size one prompt per (task, length) before loading any model: a length too short for a task fails now.
+    for item in {(i.task, i.subtask, i.length): i for i in pending if i.task != "ppl"}.values():
+        builder.build(item)
     ppl_cache: list[int] | None = None
+    if any(i.task == "ppl" for i in pending):
+        ppl_cache = ppl_tokens(cfg, tokenizer)
+        for length in {i.length for i in pending if i.task == "ppl"}:
+            ppl_window(ppl_cache, length, 0, cfg.samples)
     bar = tqdm(total=len(items), initial=len(items) - len(pending), disable=not progress, file=sys.stderr,
                unit="sample", dynamic_ncols=True)
     try:
@@ -290,8 +297,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True, quiet: bool = False) -> dic
                 label = f"{item.task}{'/' + item.subtask if item.subtask else ''}"
                 bar.set_description(f"{method} {label} {item.length}")
                 if item.task == "ppl":
-                    if ppl_cache is None:
-                        ppl_cache = ppl_tokens(cfg, tokenizer)
+                    assert ppl_cache is not None
                     window = ppl_window(ppl_cache, item.length, item.index, cfg.samples)
                     nll, count = engine.nll(window)
                     rec = {"prompt_tokens": len(window), "depth": None, "expected": None, "output": None,
