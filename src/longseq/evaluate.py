@@ -65,7 +65,7 @@ class EvalConfig:
     backend: str = "hf"
     prompt_format: str = "auto"
     dtype: str = "auto"
-    chunk_size: int = 2048
+    chunk_size: int = 16384
     target_length: int | None = None
     depths: list[float] | None = None
     ppl_text: str | None = None
@@ -614,7 +614,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--api-model", help="openai backend: model name sent to the server (default MODEL)")
     p.add_argument("--api-key", help="openai backend: API key (default $OPENAI_API_KEY or 'EMPTY')")
     p.add_argument("--dtype", default="auto", choices=DTYPES, help="hf backend weights dtype")
-    p.add_argument("--chunk-size", type=int, default=2048, help="hf backend prefill chunk in tokens (memory vs speed)")
+    p.add_argument("--chunk-size", type=int, default=16384, help="hf backend prefill chunk in tokens (memory vs speed)")
     p.add_argument("--target-length", help="RoPE target length for the methods (default: the largest tested length)")
     p.add_argument("--depths", help="niah needle depths, e.g. 0,25,50,75,100 (default: --samples evenly spaced)")
     p.add_argument("--ppl-text", help="ppl text: a file or hf:DATASET[:CONFIG] (default: the shipped haystack)")

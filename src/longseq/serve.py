@@ -135,7 +135,7 @@ class CompletionServer(ThreadingHTTPServer):
 
 
 def make_server(spec: str, host: str = "127.0.0.1", port: int = 8000, method: str = "none",
-                target_length: int | None = None, dtype: str = "auto", chunk_size: int = 2048,
+                target_length: int | None = None, dtype: str = "auto", chunk_size: int = 16384,
                 max_length: int | None = None, name: str | None = None) -> CompletionServer:
     """Load ``spec`` with RoPE ``method`` and bind a :class:`CompletionServer` (call ``serve_forever``)."""
     from .engine import HFEngine
@@ -176,5 +176,5 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--max-length", help="reject prompts longer than this (tokens)")
     p.add_argument("--name", help="model name reported by /v1/models (default MODEL)")
     p.add_argument("--dtype", default="auto", choices=DTYPES)
-    p.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk in tokens")
+    p.add_argument("--chunk-size", type=int, default=16384, help="prefill chunk in tokens")
     p.set_defaults(func=_cmd_serve)
