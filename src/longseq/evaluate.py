@@ -505,6 +505,9 @@ def write_plots(summary: dict[str, Any], out: Path) -> list[str]:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
         ax.set_xscale("log", base=2)
+        ticks = sorted({r["length"] for r in results})
+        ax.set_xticks(ticks, [_fmt_len(L) for L in ticks])
+        ax.minorticks_off()
         ax.set_title(panel)
         ax.set_xlabel("prompt length (tokens)")
         if panel == "ppl":
