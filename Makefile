@@ -19,6 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/longseq info smollm2-135m
 	$(BIN)/longseq extend smollm2-135m --method yarn --target-length 32768 --out runs/demo-yarn-32k --overwrite
+	$(BIN)/longseq eval smollm2-135m --preset quick --out runs/demo-eval
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -21,6 +21,11 @@ _EXPORTS: dict[str, str] = {
     "extend_checkpoint": "longseq.rope",
     "native_context_length": "longseq.rope",
     "sample_positions": "longseq.positions",
+    "EvalConfig": "longseq.evaluate",
+    "run_eval": "longseq.evaluate",
+    "effective_length": "longseq.evaluate",
+    "TASKS": "longseq.tasks",
+    "HFEngine": "longseq.engine",
 }
 
 __all__ = sorted(_EXPORTS)
