@@ -21,6 +21,9 @@ _EXPORTS: dict[str, str] = {
     "extend_checkpoint": "longseq.rope",
     "native_context_length": "longseq.rope",
     "sample_positions": "longseq.positions",
+    "shifted_sparse_attention": "longseq.s2attn",
+    "TrainConfig": "longseq.train",
+    "train": "longseq.train",
 }
 
 __all__ = sorted(_EXPORTS)
