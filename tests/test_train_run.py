@@ -218,7 +218,7 @@ def test_recipes_are_valid():
     assert len(recipes) >= 3
     for path in recipes:
         values = load_recipe(str(path))
-        cfg = TrainConfig.from_dict({"out": "runs/x", **values})
+        cfg = TrainConfig.from_dict({"out": "runs/x", "data": "corpus.txt", **values})
         validate(cfg)
     accel = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
     kinds = {yaml.safe_load(p.read_text())["distributed_type"] for p in accel}
@@ -233,7 +233,8 @@ def test_longlora_on_the_embedded_model(tmp_path):
     data.write_text(TEXT * 3)
     out = tmp_path / "run"
     r = run_cli("train", "smollm2-135m", "--method", "longlora", "--rope", "pi", "--factor", "2", "--data", str(data),
-                "--seq-len", "512", "--steps", "2", "--grad-accum", "1", "--out", str(out))
+                "--seq-len", "512", "--steps", "2", "--grad-accum", "1", "--no-gradient-checkpointing",
+                "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     curve = losses(out)
     assert sorted(curve) == [1, 2] and all(0 < v < 20 for v in curve.values())

@@ -21,7 +21,6 @@ so the saved checkpoint's config carries it. Layout of ``--out DIR``::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -203,14 +202,26 @@ def _extra_trainable(model: Any) -> list[str]:
 
 
 def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
-    """Load the model, extend RoPE, wrap with peft (lora methods), choose the attention; (model, tokenizer)."""
-    import torch
-
+    """Load the model (fp32 master weights) and :func:`prepare_model` it; returns (model, tokenizer)."""
     from .models import load_model
-    from .rope import apply_rope
-    from . import s2attn
 
     model, tokenizer = load_model(cfg.model, dtype="float32")
+    return prepare_model(model, cfg), tokenizer
+
+
+def prepare_model(model: Any, cfg: TrainConfig) -> Any:
+    """Extend RoPE, pick the training attention, enable gradient checkpointing and wrap with peft.
+
+    ``longlora``: attention "s2attn" with G from :func:`s2attn_group_size`; LoRA on the attention
+    projections plus ``modules_to_save`` = the input embedding and every norm (with weight tying kept,
+    so a tied lm_head trains together with the embedding, as one tensor). ``lora``: LoRA only.
+    ``full``: the model as is, every parameter trainable.
+    """
+    import torch
+
+    from . import s2attn
+    from .rope import apply_rope
+
     if cfg.rope != "none" or cfg.theta is not None:
         apply_rope(model, cfg.rope, factor=cfg.factor, target_length=cfg.target_length, theta=cfg.theta)
     model.config.use_cache = False
@@ -232,7 +243,7 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
                           ensure_weight_tying=bool(extra) and tied)
         model = get_peft_model(model, lcfg)
     model.train()
-    return model, tokenizer
+    return model
 
 
 def trainable_summary(model: Any) -> dict[str, int]:
@@ -354,14 +365,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     # Data problems (too short, empty, malformed) surface before any weights are loaded.
     tokenizer = AutoTokenizer.from_pretrained(str(local_dir(cfg.model)))
     data = load_train_data(cfg.data, tokenizer, cfg.seq_len, cfg.data_split, cfg.text_field)
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
+                              gradient_accumulation_steps=cfg.grad_accum)
+    ds = getattr(accelerator.state, "deepspeed_plugin", None)
+    if ds is not None:  # no prepared DataLoader to read the micro-batch size from
+        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     set_seed(cfg.seed)
     model, tokenizer = build_model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.weight_decay)
+    # The scheduler is stepped by hand once per optimizer step (accelerate's prepared scheduler would
+    # step once per process) and registered so that save_state/load_state carry it.
     scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=cfg.warmup_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
     step = 0
     if resume_state is not None:
         accelerator.load_state(resume_state["path"])
@@ -396,8 +414,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             batch = {k: getattr(data, k)[idx].to(accelerator.device) for k in ("input_ids", "labels", "attention_mask")}
             if cfg.randomized_positions:
                 batch["position_ids"] = _positions(cfg, step, micro * world + rank, len(idx), accelerator.device)
-            sync = micro == cfg.grad_accum - 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+            with accelerator.accumulate(model):  # no gradient sync (DDP/DeepSpeed) until the last micro-step
                 with accelerator.autocast():
                     # attention_mask is always passed: without it transformers reads jumps in
                     # position_ids (randomized positions) as packed-sequence boundaries.
@@ -406,8 +423,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                 loss_sum = torch.nn.functional.cross_entropy(
                     logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100,
                     reduction="sum")
-                # DDP/FSDP average gradients over processes, hence * world.
-                accelerator.backward(loss_sum * (world / step_tokens))
+                # accelerate (or DeepSpeed) divides by grad_accum and DDP/FSDP average over processes.
+                accelerator.backward(loss_sum * (world * cfg.grad_accum / step_tokens))
             loss_sum_local += float(loss_sum.detach())
             tokens += int(batch["attention_mask"].sum())
         if cfg.max_grad_norm:
