@@ -56,27 +56,25 @@ def _grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: int, star
     """
     b, h, n, d = q.shape
     dv = v.shape[-1]
-    bounds: list[tuple[int, int]] = []
-    if start > 0:
-        bounds.append((0, min(start, n)))
-    rows = max(0, (n - start) // group)
-    full_end = start + rows * group
+    head = min(start, n)
+    rows = (n - head) // group
+    tail = n - head - rows * group
+    sizes = [head, rows * group, tail]
+    # split (not slicing): its backward is one cat, where slicing would zero-fill a full-size gradient
+    # per segment.
+    qs, ks, vs = (x.split(sizes, dim=2) for x in (q, k, v))
     pieces: list[torch.Tensor] = []
-    if bounds:
-        s, e = bounds[0]
-        pieces.append(_attend(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], _block(keep, s, e), scale, dropout))
+    if head:
+        pieces.append(_attend(qs[0], ks[0], vs[0], _block(keep, 0, head), scale, dropout))
     if rows:
-        # (B, h, rows*G, D) -> (B, h*rows, G, D): a view, the groups become extra "heads".
-        sl = slice(start, full_end)
-        qg = q[:, :, sl].reshape(b, h * rows, group, d)
-        kg = k[:, :, sl].reshape(b, h * rows, group, d)
-        vg = v[:, :, sl].reshape(b, h * rows, group, dv)
-        mask = _grouped_mask(keep, start, rows, group, h)
-        out = _attend(qg, kg, vg, mask, scale, dropout)
+        # (B, h, rows*G, D) -> (B, h*rows, G, D): the groups become extra "heads" (a view when contiguous).
+        qg = qs[1].reshape(b, h * rows, group, d)
+        kg = ks[1].reshape(b, h * rows, group, d)
+        vg = vs[1].reshape(b, h * rows, group, dv)
+        out = _attend(qg, kg, vg, _grouped_mask(keep, head, rows, group, h), scale, dropout)
         pieces.append(out.reshape(b, h, rows * group, dv))
-    if full_end < n and full_end >= start:
-        pieces.append(_attend(q[:, :, full_end:], k[:, :, full_end:], v[:, :, full_end:], _block(keep, full_end, n),
-                              scale, dropout))
+    if tail:
+        pieces.append(_attend(qs[2], ks[2], vs[2], _block(keep, n - tail, n), scale, dropout))
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 
@@ -164,12 +162,15 @@ def shifted_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     b, heads, n, _ = q.shape
     keep = _as_keep(attention_mask, b, n)
     half = heads // 2
+    sizes = [half, heads - half]
+    parts = zip(q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1), (0, half), sizes,
+                (0, group_size // 2))
     outs = []
-    for lo, hi, start in ((0, half, 0), (half, heads, group_size // 2)):
-        if hi == lo:
+    for qh, kh, vh, lo, count, start in parts:
+        if count == 0:
             continue
-        part_keep = keep if keep is None or keep.shape[1] == 1 else keep[:, lo:hi]
-        outs.append(_grouped(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], group_size, start, part_keep, scale, dropout))
+        part_keep = keep if keep is None or keep.shape[1] == 1 else keep[:, lo:lo + count]
+        outs.append(_grouped(qh, kh, vh, group_size, start, part_keep, scale, dropout))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
