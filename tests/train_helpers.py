@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -38,4 +37,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    """step -> loss from metrics.jsonl (a line being written by a live run is skipped)."""
+    from longseq.fsutil import read_jsonl
+
+    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")}
