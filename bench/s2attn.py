@@ -96,6 +96,30 @@ def worker(spec: dict) -> dict:
             "bf16": bf16, "threads": torch.get_num_threads()}
 
 
+def attention_only(lengths: list[int], rounds: int) -> list[str]:
+    """The attention op alone (the model's shapes: 9 heads, head_dim 64, bf16): full causal SDPA vs
+    S²-Attn with G = N/4, forward + backward, alternating, fastest of ``rounds``."""
+    import torch
+    import torch.nn.functional as F
+
+    from longseq.s2attn import shifted_sparse_attention
+
+    rows = []
+    for n in lengths:
+        q, k, v = (torch.randn(1, 9, n, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        fns = {"full": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+               "s2": lambda: shifted_sparse_attention(q, k, v, n // 4)}
+        best = {name: float("inf") for name in fns}
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn().float().sum().backward()
+                best[name] = min(best[name], time.perf_counter() - t0)
+                q.grad = k.grad = v.grad = None
+        rows.append(f"| {n} | {best['full'] * 1000:.0f} | {best['s2'] * 1000:.0f} | {best['s2'] / best['full']:.2f} |")
+    return rows
+
+
 def run(spec: dict, times: int = 1) -> dict:
     """Run ``spec`` in ``times`` fresh subprocesses; keep the fastest step (the least disturbed by other
     load on a shared machine) and the largest peak memory."""
@@ -129,6 +153,7 @@ def main() -> None:
     ap.add_argument("--ft-length", default="2k", help="sequence length of the LoRA vs full FT comparison")
     ap.add_argument("--ft-layers", type=int, default=30)
     ap.add_argument("--skip-ft", action="store_true")
+    ap.add_argument("--attention-only", action="store_true", help="only the attention op table")
     ap.add_argument("--json", help="also write all results to this file")
     args = ap.parse_args()
     if args.worker:
@@ -136,6 +161,13 @@ def main() -> None:
         return
     from longseq.parsing import parse_length, parse_lengths
 
+    print("Attention op alone (1 x 9 heads x N x 64, bf16), forward + backward, fastest of "
+          f"{args.rounds} alternating rounds\n")
+    print("| tokens | full causal SDPA ms | S²-Attn ms | ratio |")
+    print("|---|---|---|---|")
+    print("\n".join(attention_only(parse_lengths(args.lengths), max(args.rounds, 3))), flush=True)
+    if args.attention_only:
+        return
     results = []
     base = {"layers": args.layers, "repeat": args.repeat, "warmup": args.warmup, "method": "longlora",
             "checkpointing": False}
