@@ -242,3 +242,24 @@ def test_longlora_on_the_embedded_model(tmp_path):
     assert 0.1 < summary["parameters"]["trainable"] / summary["parameters"]["total"] < 0.3  # LoRA+ (embeddings + norms + LoRA)
     config = AutoConfig.from_pretrained(out / "model")
     assert config.rope_parameters["rope_type"] == "linear" and config.max_position_embeddings == 16384
+
+
+def test_two_process_data_parallel_matches_one_process(tiny, text_file, tmp_path):
+    """torchrun with 2 CPU processes (gloo DDP through accelerate) = 1 process with the same global batch."""
+    common = [str(tiny), "--method", "longlora", "--rope", "pi", "--factor", "2", "--data", str(text_file),
+              "--seq-len", "64", "--steps", "3", "--grad-accum", "2", "--lr", "1e-2", "--warmup-steps", "0",
+              "--save-every", "2", "--precision", "fp32"]
+    one = tmp_path / "one"
+    r = run_cli("train", *common, "--batch-size", "2", "--out", str(one))
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "longseq",
+                        "train", *common, "--batch-size", "1", "--out", str(two)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert sorted(b) == [1, 2, 3]  # one record per step: only process 0 writes
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-4, (step, a[step], b[step])
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (two / "checkpoint").iterdir()}

@@ -298,6 +298,7 @@ def save_checkpoint(accelerator: Any, out: Path, state: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=False)
+    accelerator.wait_for_everyone()  # every process's RNG file is in before the swap
     if accelerator.is_main_process:
         atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
         shutil.rmtree(old, ignore_errors=True)
