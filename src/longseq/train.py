@@ -24,12 +24,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
