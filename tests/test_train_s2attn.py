@@ -162,3 +162,11 @@ def test_registered_in_transformers_and_full_attention_in_eval():
     real = pad.bool()[:, None, :, None].expand_as(out)
     torch.testing.assert_close(out.double()[real], ref[real], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(train_logits[real_tok], full[real_tok], atol=1e-3)  # sparse attention really was used
+
+
+def test_package_exports():
+    import longseq
+    import longseq.train  # noqa: F401  (the submodule shadows nothing that is exported)
+
+    assert longseq.shifted_sparse_attention is shifted_sparse_attention
+    assert longseq.train_model is longseq.train.train and longseq.TrainConfig is longseq.train.TrainConfig

@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "sample_positions": "longseq.positions",
     "shifted_sparse_attention": "longseq.s2attn",
     "TrainConfig": "longseq.train",
-    "train": "longseq.train",
+    "train_model": "longseq.train",
 }
 
 __all__ = sorted(_EXPORTS)

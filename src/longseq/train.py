@@ -455,6 +455,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     return result
 
 
+# The package-level name (``longseq.train_model``): ``longseq.train`` is this submodule once it is imported.
+train_model = train
+
+
 def _reduce_sum(accelerator: Any, value: float) -> float:
     import torch
 
