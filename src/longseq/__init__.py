@@ -26,6 +26,9 @@ _EXPORTS: dict[str, str] = {
     "effective_length": "longseq.evaluate",
     "TASKS": "longseq.tasks",
     "HFEngine": "longseq.engine",
+    "shifted_sparse_attention": "longseq.s2attn",
+    "TrainConfig": "longseq.train",
+    "train_model": "longseq.train",
 }
 
 __all__ = sorted(_EXPORTS)

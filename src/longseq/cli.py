@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.rope",
     "longseq.evaluate",
     "longseq.serve",
+    "longseq.train",
 )
 
 EPILOG = """quick start:
