@@ -21,6 +21,12 @@ _EXPORTS: dict[str, str] = {
     "extend_checkpoint": "longseq.rope",
     "native_context_length": "longseq.rope",
     "sample_positions": "longseq.positions",
+    "TASKS": "longseq.chomsky",
+    "sample_batch": "longseq.chomsky",
+    "Encoder": "longseq.randpe",
+    "PES": "longseq.randpe",
+    "run_benchmark": "longseq.lengthgen",
+    "make_protocol": "longseq.lengthgen",
 }
 
 __all__ = sorted(_EXPORTS)
