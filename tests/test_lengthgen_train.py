@@ -146,3 +146,18 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and needle in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluation_is_reproducible_and_leaves_global_rng_alone():
+    p = make_protocol(tasks=["reverse_string"], pes=["randomized_rope"], train_lengths=[1, 2], test_lengths=[6],
+                      steps=2, batch_size=4, eval_samples=16, max_len=64, n_layers=1)
+    model, _ = train_model("reverse_string", "randomized_rope", 0, 1e-3, p, progress=False)
+    logits = []
+    model.register_forward_hook(lambda mod, args, out: logits.append(out.detach().clone()))
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    evaluate_model(model, "reverse_string", [6], p, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    evaluate_model(model, "reverse_string", [6], p, progress=False)
+    assert torch.equal(logits[0], logits[1])  # same positions drawn in both evaluations
+    assert model.training and model.position_generator is None

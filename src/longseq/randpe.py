@@ -197,6 +197,8 @@ class Encoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.head = nn.Linear(cfg.d_model, cfg.output_size)
+        # Source of randomized positions: torch's global RNG unless set (evaluation sets its own).
+        self.position_generator: torch.Generator | None = None
 
     def positions(self, t: int, device: torch.device) -> torch.Tensor:
         """Positions for a tape of length ``t``: ``0..t-1``, or a fresh ordered random subset of [0, L)."""
@@ -209,7 +211,7 @@ class Encoder(nn.Module):
                 f"tape length {t} (input + output slots) exceeds the randomized range L={self.cfg.max_len}; "
                 "raise --max-len or shorten --test-lengths"
             )
-        return sample_positions(t, self.cfg.max_len).to(device)
+        return sample_positions(t, self.cfg.max_len, generator=self.position_generator).to(device)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, t = tokens.shape
