@@ -15,6 +15,14 @@ from longseq.errors import UserError
 from longseq.randpe import PES, Attention, Encoder, ModelConfig, alibi_bias, alibi_slopes, rotate, sinusoid, split_pe
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is much faster on a shared CPU
+    yield
+    torch.set_num_threads(old)
+
+
 def tiny(pe: str, **kw) -> Encoder:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=4, output_size=3, pe=pe, d_model=32, n_layers=2, n_heads=4, d_ff=64,
