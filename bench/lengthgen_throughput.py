@@ -41,7 +41,7 @@ def main() -> None:
         for n in (int(x) for x in args.lengths.split(",")):
             gen = rate(lambda: sample_batch(name, n, args.batch, seed=0), args.batch)
             x, y, m = sample_batch(name, n, args.batch, seed=0)
-            tape = _tape(name, x, y.shape[1], model.blank, "cpu")
+            tape = _tape(x, y.shape[1], model.blank, "cpu")
             yt, mt = torch.from_numpy(y), torch.from_numpy(m)
 
             def step() -> None:

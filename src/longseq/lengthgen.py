@@ -168,7 +168,8 @@ def validate(p: Protocol) -> None:
             )
 
 
-def _tape(task_name: str, x: np.ndarray, out_len: int, blank: int, device: Any) -> Any:
+def _tape(x: np.ndarray, out_len: int, blank: int, device: Any) -> Any:
+    """The model's input: the task input ``(B, n_in)`` followed by ``out_len`` blank slots -> LongTensor."""
     import torch
 
     blanks = np.full((x.shape[0], out_len), blank, dtype=np.int64)
@@ -206,7 +207,7 @@ def train_model(task_name: str, pe: str, seed: int, lr: float, p: Protocol, devi
         n = int(lengths[step])
         x, y, mask = sample_batch(task_name, n, p.batch_size, seed=seed * 2**32 + step)
         out_len = y.shape[1]
-        logits = model(_tape(task_name, x, out_len, model.blank, device))[:, -out_len:]
+        logits = model(_tape(x, out_len, model.blank, device))[:, -out_len:]
         y_t, m_t = torch.from_numpy(y).to(device), torch.from_numpy(mask).to(device)
         loss = F.cross_entropy(logits[m_t], y_t[m_t])
         opt.zero_grad(set_to_none=True)
@@ -248,7 +249,7 @@ def evaluate_model(model: Any, task_name: str, lengths: Sequence[int], p: Protoc
                     x, y, mask = sample_batch(task_name, n, b, seed=EVAL_SEED + i)
                     for j in range(0, b, chunk):
                         xs, ys, ms = x[j:j + chunk], y[j:j + chunk], mask[j:j + chunk]
-                        logits = model(_tape(task_name, xs, out_len, model.blank, device))[:, -out_len:]
+                        logits = model(_tape(xs, out_len, model.blank, device))[:, -out_len:]
                         pred = logits.argmax(-1).cpu().numpy()
                         right += int(((pred == ys) | ~ms).all(axis=1).sum())
                         total += len(xs)
