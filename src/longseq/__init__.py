@@ -29,6 +29,12 @@ _EXPORTS: dict[str, str] = {
     "shifted_sparse_attention": "longseq.s2attn",
     "TrainConfig": "longseq.train",
     "train_model": "longseq.train",
+    "TASKS": "longseq.chomsky",
+    "sample_batch": "longseq.chomsky",
+    "Encoder": "longseq.randpe",
+    "PES": "longseq.randpe",
+    "run_benchmark": "longseq.lengthgen",
+    "make_protocol": "longseq.lengthgen",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.evaluate",
     "longseq.serve",
     "longseq.train",
+    "longseq.lengthgen",
 )
 
 EPILOG = """quick start:
