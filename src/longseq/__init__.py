@@ -21,6 +21,12 @@ _EXPORTS: dict[str, str] = {
     "extend_checkpoint": "longseq.rope",
     "native_context_length": "longseq.rope",
     "sample_positions": "longseq.positions",
+    "MemoryStream": "longseq.memory",
+    "load_embedder": "longseq.memory",
+    "MemoryController": "longseq.scm",
+    "SCMAgent": "longseq.scm",
+    "TransformersChat": "longseq.scm",
+    "OpenAIChat": "longseq.scm",
 }
 
 __all__ = sorted(_EXPORTS)

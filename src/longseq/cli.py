@@ -17,6 +17,8 @@ from .errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "longseq.models",
     "longseq.rope",
+    "longseq.memory",
+    "longseq.scm",
 )
 
 EPILOG = """quick start:
