@@ -268,7 +268,7 @@ class MemoryStream:
             meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
                 self.conn.execute(
-                    f"CREATE VIRTUAL TABLE IF NOT EXISTS vec_items USING vec0(embedding bit[{self.embedder.dim}])"
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS vec_items USING vec0(embedding bit[{_bit_dim(self.embedder.dim)}])"
                 )
                 now = str(time.time())
                 for k, v in {"schema": SCHEMA_VERSION, "embedding_model": self.embedder.name,
@@ -342,10 +342,8 @@ class MemoryStream:
                          summary_tokens[i] if summary_tokens else None, t, json.dumps(metas[i] if metas else {}),
                          vecs[j].tobytes()),
                     )
-                    self.conn.execute(
-                        "INSERT INTO vec_items(rowid, embedding) VALUES (?, vec_quantize_binary(?))",
-                        (cur.lastrowid, vecs[j].tobytes()),
-                    )
+                    self.conn.execute("INSERT INTO vec_items(rowid, embedding) VALUES (?, vec_bit(?))",
+                                      (cur.lastrowid, _bits(vecs[j])))
                     existing[keys[i]] = int(cur.lastrowid)
         return [existing[k] for k in keys]
 
@@ -440,8 +438,7 @@ class MemoryStream:
             n_eff = min(n, total)
             knn = min(oversample * n_eff, total, 4096)
             cand = [r[0] for r in self.conn.execute(
-                "SELECT rowid FROM vec_items WHERE embedding MATCH vec_quantize_binary(?) AND k = ?",
-                (q.tobytes(), knn)).fetchall()]
+                "SELECT rowid FROM vec_items WHERE embedding MATCH vec_bit(?) AND k = ?", (_bits(q), knn)).fetchall()]
             rel = self.embeddings(cand) @ q if cand else np.zeros(0)
             order = np.argsort(-rel, kind="stable")[:n_eff]
             cos_floor = float(rel[order[-1]]) if len(order) and n_eff < total else -1.0
@@ -484,8 +481,17 @@ class MemoryStream:
             "sources_done": sources[1],
             "embedding_model": self.meta["embedding_model"],
             "embedding_dim": int(self.meta["embedding_dim"]),
-            "index": "sqlite-vec vec0 bit[%s] + float re-scoring" % self.meta["embedding_dim"],
+            "index": f"sqlite-vec vec0 bit[{_bit_dim(int(self.meta['embedding_dim']))}] + exact float re-scoring",
         }
+
+
+def _bit_dim(dim: int) -> int:
+    return -(-dim // 8) * 8
+
+
+def _bits(vec: np.ndarray) -> bytes:
+    """Sign bits of a vector, packed (sqlite-vec ``bit[n]`` needs n divisible by 8, so zero-padded)."""
+    return np.packbits(np.asarray(vec) > 0, bitorder="little").tobytes()
 
 
 class _Tx:
@@ -720,8 +726,12 @@ def token_counter(model: str) -> Callable[[str], int]:
 
 def open_stream(db: str, embedder: str | None) -> MemoryStream:
     """Open ``db`` with ``embedder``; with ``embedder=None`` use the model the database records (or the default)."""
+    recorded = recorded_embedder(db) if db != ":memory:" else None
     if embedder is None:
-        embedder = recorded_embedder(db) or DEFAULT_EMBEDDER
+        embedder = recorded or DEFAULT_EMBEDDER
+    elif recorded and embedder != recorded and not Path(embedder).is_dir():
+        raise UserError(f"{db} was built with embedding model {recorded}, not {embedder}; "
+                        f"pass --embedder {recorded} or use a new --db")
     return MemoryStream(db, load_embedder(embedder))
 
 
@@ -792,6 +802,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 if args.embeddings:
                     rec["embedding"] = [round(float(x), 6) for x in stream.embeddings([it.id])[0]]
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    except BrokenPipeError:  # e.g. piped into head
+        pass
     finally:
         if args.out:
             out.close()

@@ -76,6 +76,26 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text.strip()
 
 
+class _AnswerRepetitionPenalty:
+    """CTRL-style repetition penalty over the *generated* tokens only.
+
+    transformers' ``repetition_penalty`` also penalizes every prompt token, which stops a small model from
+    copying a remembered name or number out of its memory; greedy decoding without any penalty makes the
+    135M model loop ("Biscuzzle, Biscuzzle, ..."). So only tokens the answer already used are penalized.
+    """
+
+    def __init__(self, prompt_len: int, penalty: float) -> None:
+        self.prompt_len, self.penalty = prompt_len, penalty
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        gen = input_ids[:, self.prompt_len :]
+        if self.penalty == 1.0 or gen.shape[1] == 0:
+            return scores
+        picked = scores.gather(1, gen)
+        picked = picked.where(picked < 0, picked / self.penalty).where(picked >= 0, picked * self.penalty)
+        return scores.scatter(1, gen, picked)
+
+
 class TransformersChat(_TokenizerMixin):
     """A local causal LM through its chat template (greedy decoding).
 
@@ -88,6 +108,7 @@ class TransformersChat(_TokenizerMixin):
         from .rope import native_context_length
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.repetition_penalty = 1.3
         native = native_context_length(model.config)
         if context_length and context_length > native:
             raise UserError(f"--context-length {context_length} is beyond the model's window {native}; "
@@ -119,7 +140,8 @@ class TransformersChat(_TokenizerMixin):
         x = torch.tensor([ids], device=self.model.device)
         with torch.inference_mode():
             out = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=self.tokenizer.eos_token_id)
+                                      do_sample=False, pad_token_id=self.tokenizer.eos_token_id,
+                                      logits_processor=[_AnswerRepetitionPenalty(len(ids), self.repetition_penalty)])
         return _cut_at_stop(self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True), stop)
 
 
