@@ -640,6 +640,11 @@ def conversation_turns(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield "\n".join(cur), {"line": first}
 
 
+def validate_conversation(path: Path) -> int:
+    """Check every line of a JSONL conversation before anything is stored; return the number of turns."""
+    return sum(1 for _ in conversation_turns(path))
+
+
 def _is_jsonl(path: Path) -> bool:
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         return True
@@ -675,6 +680,8 @@ def ingest_file(
     path = Path(path)
     sha = check_input(path)
     jsonl = _is_jsonl(path)
+    if jsonl:
+        validate_conversation(path)
     row = stream.conn.execute("SELECT done, blocks FROM sources WHERE sha = ?", (sha,)).fetchone()
     if row and row[0]:
         return {"source": sha[:16], "items": row[1], "added": 0, "skipped": row[1], "resumed": False}
@@ -756,11 +763,16 @@ def recorded_embedder(db: str) -> str | None:
 def _need_db(db: str) -> None:
     if not Path(db).is_file():
         raise UserError(f"database {db} does not exist; create it with: longseq memory ingest --db {db} FILE")
+    if recorded_embedder(db) is None:
+        raise UserError(f"{db} is not a longseq memory database (no meta table); pass a .db made by "
+                        "longseq memory ingest")
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     for f in args.inputs:
         check_input(f)
+        if _is_jsonl(Path(f)):
+            validate_conversation(Path(f))
     count = token_counter(args.model)
     with open_stream(args.db, args.embedder) as stream:
         for f in args.inputs:
