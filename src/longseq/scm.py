@@ -305,7 +305,7 @@ class MemoryController:
             over = self.llm.count_messages(msgs) - room
             prompt = self.llm.truncate(prompt, self.llm.count(prompt) - over - 8, keep="end")
             msgs = [{"role": "user", "content": prompt}]
-        return parse_choice(self.llm.complete(msgs, max_new_tokens=12))
+        return parse_choice(self.llm.complete(msgs, max_new_tokens=6))  # "(A) Yes" fits in 6 tokens
 
     def needs_memory(self, user_input: str) -> bool:
         """Decision 1: does this input need memory?"""
