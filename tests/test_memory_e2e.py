@@ -65,15 +65,18 @@ def test_openai_backend_against_loopback_server(llm, embedder, tmp_path):
     def complete(messages, max_tokens, stop):
         return llm.complete(messages, max_new_tokens=max_tokens, stop=stop)
 
-    with ChatServer(complete, model="smollm2") as url:
+    srv = ChatServer(complete, model="smollm2")
+    with srv as url:
         api = OpenAIChat(url, "smollm2", context_length=192, tokenizer=llm.tokenizer)
         stream = MemoryStream(":memory:", embedder)
-        stream.add(["User: My locker code is 4821.\nAssistant: Noted."], ["k0"], [12])
+        stream.add(["User: My dog is called Biscuit.\nAssistant: Noted."], ["k0"], [12])
         stream.add(["User: How do I boil an egg?\nAssistant: About nine minutes."], ["k1"], [12])
-        agent = SCMAgent(api, stream, k=2, max_new_tokens=16)
-        r = agent.respond("What is my locker code?")
+        agent = SCMAgent(api, stream, k=2, max_new_tokens=32)
+        r = agent.respond("What is my dog's name?")
         assert r.prompt.tokens <= agent.budget and 1 in r.prompt.activation
-        assert "4821" in r.text, r.text
+        assert "biscuit" in r.text.lower(), r.text
+        assert len(server_log := [q for q in srv.requests if q["model"] == "smollm2"]) == 2  # gate + answer
+        assert server_log[-1]["max_tokens"] == 32 and server_log[-1]["messages"] == r.prompt.messages
         assert r.decisions and r.decisions[0].kind == "needs_memory"
         bad = OpenAIChat(url, "other-model", context_length=256, tokenizer=llm.tokenizer)
         with pytest.raises(Exception, match="answered 404"):

@@ -215,3 +215,38 @@ def test_make_session_is_deterministic():
         assert p.gold in evidence_text
     assert make_session(4).turns != a.turns
     assert np.mean([len(a.turns)]) > 40
+
+
+def test_summarize_document_hierarchy_and_resume(tokenizer, tmp_path):
+    from longseq.scm import summarize_document
+
+    doc = tmp_path / "book.txt"
+    doc.write_text(" ".join(f"Chapter {i} tells how the hero visits town number {i} and meets a friend." for i in range(60)))
+
+    def answer(msgs):
+        content = msgs[-1]["content"]
+        if content.startswith("Combine these"):
+            return "merged(" + str(content.count("part")) + ")"
+        section = content.split("Section:\n", 1)[1]
+        first = section.split()[1]
+        return f"A part about chapter {first} and what follows."
+
+    llm = ScriptedChat(tokenizer, 512, answer)  # asserts every call fits the window
+    db = tmp_path / "book.db"
+    with MemoryStream(db, HashingEmbedder()) as stream:
+        res = summarize_document(llm, stream, doc, block_tokens=200, max_new_tokens=48, progress=False)
+    blocks = [c for c in llm.calls if c[-1]["content"].startswith(("Summarize the following", "Previous", "Earlier"))
+              or "Section:\n" in c[-1]["content"]]
+    assert len(res.levels[0]) == len(blocks) > 4
+    assert "Chapter 0 " in blocks[0][-1]["content"] and "Previous section" not in blocks[0][-1]["content"]
+    # flash memory = the previous block (its summary, as the block is long) ...
+    assert "Previous section: A part about chapter 0 " in blocks[1][-1]["content"]
+    # ... and activation memory = summaries of earlier blocks retrieved by similarity
+    assert "Earlier parts: A part about chapter" in blocks[3][-1]["content"]
+    assert all(len(b) < len(a) for a, b in zip(res.levels, res.levels[1:])) and len(res.levels[-1]) == 1
+    assert res.summary.startswith("merged(")
+    n_calls = len(llm.calls)
+    with MemoryStream(db, HashingEmbedder()) as stream:  # rerun: every block summary is reused
+        again = summarize_document(llm, stream, doc, block_tokens=200, max_new_tokens=48, progress=False)
+    assert again.levels[0] == res.levels[0]
+    assert not any("Section:\n" in c[-1]["content"] for c in llm.calls[n_calls:])
