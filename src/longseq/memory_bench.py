@@ -175,7 +175,8 @@ def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, 
         out[system] = {"n": len(rs), "accuracy": pct(rs, "correct"), "recall": pct(rs, "recall"),
                        "single_acc": pct(single, "correct"), "multi_acc": pct(multi, "correct"),
                        "max_prompt_tokens": max(r["prompt_tokens"] for r in rs), "budget": rs[0]["budget"],
-                       "gate_skipped": sum(not r["used_memory"] for r in rs)}
+                       "gate_skipped": sum(any(d["kind"] == "needs_memory" and not d["value"] for d in r["decisions"])
+                                           for r in rs)}
     return out
 
 
