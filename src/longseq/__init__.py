@@ -35,6 +35,12 @@ _EXPORTS: dict[str, str] = {
     "PES": "longseq.randpe",
     "run_benchmark": "longseq.lengthgen",
     "make_protocol": "longseq.lengthgen",
+    "MemoryStream": "longseq.memory",
+    "load_embedder": "longseq.memory",
+    "MemoryController": "longseq.scm",
+    "SCMAgent": "longseq.scm",
+    "TransformersChat": "longseq.scm",
+    "OpenAIChat": "longseq.scm",
 }
 
 __all__ = sorted(_EXPORTS)

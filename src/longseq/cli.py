@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.serve",
     "longseq.train",
     "longseq.lengthgen",
+    "longseq.memory",
+    "longseq.scm",
 )
 
 EPILOG = """quick start:
