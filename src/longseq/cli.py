@@ -17,6 +17,7 @@ from .errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "longseq.models",
     "longseq.rope",
+    "longseq.lab",
 )
 
 EPILOG = """quick start:
