@@ -13,7 +13,7 @@ from longseq.errors import UserError
 
 def fake_summary(ppl: dict[str, dict[str, dict[int, float]]], costs: dict[str, dict] | None = None) -> dict:
     """A summary with hand-set perplexities: {run: {method: {length: ppl}}}."""
-    native = 128
+    native = 256
     return {
         "native": native, "lengths": [native, 2 * native, 4 * native, 8 * native],
         "costs": costs or {},
@@ -28,31 +28,31 @@ def verdict(key: str, s: dict) -> bool | None:
 
 
 def test_pi_verdict_follows_numbers():
-    s = fake_summary({"ft-pi": {"none": {512: 20.0}}, "ft-direct": {"none": {512: 90.0}}})
+    s = fake_summary({"ft-pi": {"none": {1024: 20.0}}, "ft-direct": {"none": {1024: 90.0}}})
     assert verdict("pi", s) is True
-    s["evals"]["ft-pi"]["perplexity"]["none"]["512"] = 95.0
+    s["evals"]["ft-pi"]["perplexity"]["none"]["1024"] = 95.0
     assert verdict("pi", s) is False
     del s["evals"]["ft-direct"]
     assert verdict("pi", s) is None
 
 
 def test_yarn_ntk_verdict_needs_both_methods_at_both_factors():
-    runs = {f"zero-shot-{f}x": {"pi": {128 * f: 50.0}, "yarn": {128 * f: 30.0}, "ntk": {128 * f: 40.0}, "none": {}}
+    runs = {f"zero-shot-{f}x": {"pi": {256 * f: 50.0}, "yarn": {256 * f: 30.0}, "ntk": {256 * f: 40.0}, "none": {}}
             for f in lab.FACTORS}
     s = fake_summary(runs)
     assert verdict("yarn_ntk", s) is True
-    s["evals"]["zero-shot-8x"]["perplexity"]["ntk"]["1024"] = 60.0
+    s["evals"]["zero-shot-8x"]["perplexity"]["ntk"]["2048"] = 60.0
     assert verdict("yarn_ntk", s) is False
 
 
 def test_longlora_verdict_checks_quality_and_cost():
-    ppl = {"ft-pi": {"none": {512: 10.0}}, "ft-longlora": {"none": {512: 10.5}}, "ft-lora": {"none": {512: 14.0}}}
+    ppl = {"ft-pi": {"none": {1024: 10.0}}, "ft-longlora": {"none": {1024: 10.5}}, "ft-lora": {"none": {1024: 14.0}}}
     costs = {"ft-pi": {"train_seconds": 100.0, "peak_rss_mb": 900.0},
              "ft-longlora": {"train_seconds": 60.0, "peak_rss_mb": 800.0}}
     s = fake_summary(ppl, costs)
     assert verdict("longlora", s) is True
     worse = copy.deepcopy(s)
-    worse["evals"]["ft-longlora"]["perplexity"]["none"]["512"] = 12.0  # > 10% worse than full fine-tuning
+    worse["evals"]["ft-longlora"]["perplexity"]["none"]["1024"] = 12.0  # > 10% worse than full fine-tuning
     assert verdict("longlora", worse) is False
     dearer = copy.deepcopy(s)
     dearer["costs"]["ft-longlora"] = {"train_seconds": 120.0, "peak_rss_mb": 950.0}
@@ -60,12 +60,12 @@ def test_longlora_verdict_checks_quality_and_cost():
 
 
 def test_randomized_and_abf_verdicts():
-    s = fake_summary({"randomized": {"none": {256: 30.0, 512: 35.0, 1024: 40.0}},
-                      "zero-shot-8x": {"none": {256: 60.0, 512: 200.0, 1024: 900.0}},
-                      "ft-abf": {"none": {512: 9.0}}, "ft-pi": {"none": {512: 9.5}}})
+    s = fake_summary({"randomized": {"none": {512: 30.0, 1024: 35.0, 2048: 40.0}},
+                      "zero-shot-8x": {"none": {512: 60.0, 1024: 200.0, 2048: 900.0}},
+                      "ft-abf": {"none": {1024: 9.0}}, "ft-pi": {"none": {1024: 9.5}}})
     assert verdict("randomized", s) is True and verdict("abf", s) is True
-    s["evals"]["randomized"]["perplexity"]["none"]["1024"] = 1000.0
-    s["evals"]["ft-abf"]["perplexity"]["none"]["512"] = 9.6
+    s["evals"]["randomized"]["perplexity"]["none"]["2048"] = 1000.0
+    s["evals"]["ft-abf"]["perplexity"]["none"]["1024"] = 9.6
     assert verdict("randomized", s) is False and verdict("abf", s) is False
 
 

@@ -71,7 +71,7 @@ SIZES: dict[str, LabSize] = {
                      pretrain_lr=2e-3, finetune_steps=25, finetune_batch=2, finetune_lr=3e-4, lora_lr=1.5e-3,
                      eval_samples=4),
     # For the test suite: every stage runs, nothing is expected to be learned.
-    "test": LabSize(native=128, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64,
+    "test": LabSize(native=256, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64,
                     prose_chars=50_000, synthetic_docs=40, pretrain_steps=3, pretrain_batch=2,
                     pretrain_lr=1e-3, finetune_steps=2, finetune_batch=1, finetune_lr=1e-3, lora_lr=1e-3,
                     eval_samples=1),
@@ -151,8 +151,8 @@ def synthetic_docs(n: int, max_tokens: int, seed: int) -> list[str]:
     for i in range(n):
         if i % 2 == 0:  # passkey: ~80 tokens of fixed text, filler at ~4.5 characters per token
             task, size = EVAL_TASKS["passkey"], rng.randint(20, max(int((max_tokens - 80) * 4), 21))
-        else:  # lines: ~110 tokens of fixed text, ~16 tokens per line
-            task, size = EVAL_TASKS["lines"], rng.randint(1, max((max_tokens - 110) // 16, 1))
+        else:  # lines: ~180 tokens of fixed text, ~16 tokens per line
+            task, size = EVAL_TASKS["lines"], rng.randint(1, max((max_tokens - 180) // 16, 1))
         p = task.generate(rng, size, {})
         docs.append(f"{p.body}{p.sep}{p.answer_prefix} {p.expected}.")
     return docs
