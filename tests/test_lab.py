@@ -30,6 +30,8 @@ def verdict(key: str, s: dict) -> bool | None:
 def test_pi_verdict_follows_numbers():
     s = fake_summary({"ft-pi": {"none": {1024: 20.0}}, "ft-direct": {"none": {1024: 90.0}}})
     assert verdict("pi", s) is True
+    s["evals"]["ft-pi"]["perplexity"]["none"]["1024"] = 89.5  # within the 2% noise margin: not a win
+    assert verdict("pi", s) is False
     s["evals"]["ft-pi"]["perplexity"]["none"]["1024"] = 95.0
     assert verdict("pi", s) is False
     del s["evals"]["ft-direct"]
@@ -65,7 +67,7 @@ def test_randomized_and_abf_verdicts():
                       "ft-abf": {"none": {1024: 9.0}}, "ft-pi": {"none": {1024: 9.5}}})
     assert verdict("randomized", s) is True and verdict("abf", s) is True
     s["evals"]["randomized"]["perplexity"]["none"]["2048"] = 1000.0
-    s["evals"]["ft-abf"]["perplexity"]["none"]["1024"] = 9.6
+    s["evals"]["ft-abf"]["perplexity"]["none"]["1024"] = 9.8
     assert verdict("randomized", s) is False and verdict("abf", s) is False
 
 
