@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.lengthgen",
     "longseq.memory",
     "longseq.scm",
+    "longseq.lab",
 )
 
 EPILOG = """quick start:

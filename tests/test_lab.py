@@ -1,0 +1,112 @@
+"""The lab: verdicts follow the measured numbers, and the whole pipeline runs end to end (reduced size)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from longseq import lab
+from longseq.errors import UserError
+
+
+def fake_summary(ppl: dict[str, dict[str, dict[int, float]]], costs: dict[str, dict] | None = None) -> dict:
+    """A summary with hand-set perplexities: {run: {method: {length: ppl}}}."""
+    native = 256
+    return {
+        "native": native, "lengths": [native, 2 * native, 4 * native, 8 * native],
+        "costs": costs or {},
+        "evals": {run: {"perplexity": {m: {str(n): v for n, v in t.items()} for m, t in methods.items()},
+                        "retrieval": {}} for run, methods in ppl.items()},
+    }
+
+
+def verdict(key: str, s: dict) -> bool | None:
+    finding = next(f for f in lab.FINDINGS if f.key == key)
+    return finding.judge(s)[0]
+
+
+def test_pi_verdict_follows_numbers():
+    s = fake_summary({"ft-pi": {"none": {1024: 20.0}}, "ft-direct": {"none": {1024: 90.0}}})
+    assert verdict("pi", s) is True
+    s["evals"]["ft-pi"]["perplexity"]["none"]["1024"] = 89.5  # within the 2% noise margin: not a win
+    assert verdict("pi", s) is False
+    s["evals"]["ft-pi"]["perplexity"]["none"]["1024"] = 95.0
+    assert verdict("pi", s) is False
+    del s["evals"]["ft-direct"]
+    assert verdict("pi", s) is None
+
+
+def test_yarn_ntk_verdict_needs_both_methods_at_both_factors():
+    runs = {f"zero-shot-{f}x": {"pi": {256 * f: 50.0}, "yarn": {256 * f: 30.0}, "ntk": {256 * f: 40.0}, "none": {}}
+            for f in lab.FACTORS}
+    s = fake_summary(runs)
+    assert verdict("yarn_ntk", s) is True
+    s["evals"]["zero-shot-8x"]["perplexity"]["ntk"]["2048"] = 60.0
+    assert verdict("yarn_ntk", s) is False
+
+
+def test_longlora_verdict_checks_quality_and_cost():
+    ppl = {"ft-pi": {"none": {1024: 10.0}}, "ft-longlora": {"none": {1024: 10.5}}, "ft-lora": {"none": {1024: 14.0}}}
+    costs = {"ft-pi": {"train_seconds": 100.0, "peak_rss_mb": 900.0},
+             "ft-longlora": {"train_seconds": 60.0, "peak_rss_mb": 800.0}}
+    s = fake_summary(ppl, costs)
+    assert verdict("longlora", s) is True
+    worse = copy.deepcopy(s)
+    worse["evals"]["ft-longlora"]["perplexity"]["none"]["1024"] = 12.0  # > 10% worse than full fine-tuning
+    assert verdict("longlora", worse) is False
+    dearer = copy.deepcopy(s)
+    dearer["costs"]["ft-longlora"] = {"train_seconds": 120.0, "peak_rss_mb": 950.0}
+    assert verdict("longlora", dearer) is False
+
+
+def test_randomized_and_abf_verdicts():
+    s = fake_summary({"randomized": {"none": {512: 30.0, 1024: 35.0, 2048: 40.0}},
+                      "zero-shot-8x": {"none": {512: 60.0, 1024: 200.0, 2048: 900.0}},
+                      "ft-abf": {"none": {1024: 9.0}}, "ft-pi": {"none": {1024: 9.5}}})
+    assert verdict("randomized", s) is True and verdict("abf", s) is True
+    s["evals"]["randomized"]["perplexity"]["none"]["2048"] = 1000.0
+    s["evals"]["ft-abf"]["perplexity"]["none"]["1024"] = 9.8
+    assert verdict("randomized", s) is False and verdict("abf", s) is False
+
+
+def test_perplexity_is_token_weighted(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    rows = [{"task": "ppl", "method": "none", "length": 64, "nll": 10.0, "scored_tokens": 10},
+            {"task": "ppl", "method": "none", "length": 64, "nll": 30.0, "scored_tokens": 10},
+            {"task": "passkey", "method": "none", "length": 64, "score": 1.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert lab.perplexities(path) == {"none": {64: pytest.approx(2.718281828 ** 2)}}
+
+
+def test_lab_folder_of_other_settings_is_refused(tmp_path):
+    (tmp_path / "lab.json").write_text(json.dumps({"size": "quick", "settings": {}, "seed": 0}))
+    with pytest.raises(UserError, match="other settings"):
+        lab.run_lab(tmp_path, "test")
+    with pytest.raises(UserError, match="unknown lab size"):
+        lab.run_lab(tmp_path / "x", "huge")
+
+
+@pytest.mark.slow
+def test_lab_runs_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "lab"
+    summary = lab.run_lab(out, "test")
+    report = (out / "report.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["findings"] == summary["findings"]
+    assert [f["key"] for f in summary["findings"]] == [f.key for f in lab.FINDINGS]
+    for f in summary["findings"]:
+        assert f["verdict"] in ("reproduced", "not reproduced")  # every number was measured
+        assert f"## {f['title']}" in report and f"**{f['verdict']}**" in report
+        # the verdict in the file is what the judge says about the file's own numbers
+        ok = next(x for x in lab.FINDINGS if x.key == f["key"]).judge(summary)[0]
+        assert f["verdict"] == ("reproduced" if ok else "not reproduced")
+    for run in ["pretrain-std", "pretrain-rand", *(ft.name for ft in lab.FINETUNES)]:
+        assert (out / run / "model" / "config.json").is_file()
+        assert summary["costs"][run]["peak_rss_mb"] > 0
+    ft_pi = json.loads((out / "ft-pi" / "model" / "config.json").read_text())
+    assert ft_pi["rope_parameters"]["rope_type"] == "linear" and ft_pi["rope_parameters"]["factor"] == 4.0
+    assert (out / "perplexity.png").stat().st_size > 1000
+    # a second run reuses every cached stage and reproduces the same numbers
+    again = lab.run_lab(out, "test")
+    assert again["evals"] == summary["evals"] and again["costs"] == summary["costs"]
