@@ -166,7 +166,7 @@ def test_refuses_to_clobber_or_resume_another_run(tiny, text_file, tmp_path, cap
 def test_instruction_data_trains_only_on_the_output(tiny, tmp_path):
     from transformers import AutoTokenizer
 
-    from longseq.data import IGNORE_INDEX, load_train_data
+    from longseq.corpus import IGNORE_INDEX, load_train_data
 
     data = tmp_path / "sft.jsonl"
     data.write_text("\n".join(json.dumps({"instruction": f"Repeat the number {i}.", "output": f"{i} {i} {i}"})
@@ -192,7 +192,7 @@ def test_instruction_data_trains_only_on_the_output(tiny, tmp_path):
 def test_packing_joins_documents_with_eos(tiny, tmp_path):
     from transformers import AutoTokenizer
 
-    from longseq.data import load_train_data
+    from longseq.corpus import load_train_data
 
     folder = tmp_path / "docs"
     folder.mkdir()

@@ -181,18 +181,6 @@ class PromptBuilder:
         return self._cache[key]
 
 
-def _load_tokenizer(spec: str) -> Any:
-    from transformers import AutoTokenizer
-
-    from .models import _load_error, local_dir
-
-    where = local_dir(spec)
-    try:
-        return AutoTokenizer.from_pretrained(str(where))
-    except Exception as err:
-        raise _load_error(spec, where, err) from None
-
-
 def ppl_tokens(cfg: EvalConfig, tokenizer: Any) -> list[int]:
     """Token ids of the perplexity text: a file path, ``hf:NAME[:CONFIG]`` (a ``datasets`` dataset, test
     split, ``text`` column), or the shipped haystack by default."""
@@ -259,7 +247,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True, quiet: bool = False) -> dic
     from .tasks import task_for
 
     cfg.validate()
-    tokenizer = _load_tokenizer(cfg.model)
+    from .models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
     fmt = resolve_prompt_format(cfg.prompt_format, tokenizer)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():

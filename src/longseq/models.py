@@ -192,6 +192,17 @@ def load_config(spec: str) -> Any:
         raise _load_error(spec, where, err) from None
 
 
+def load_tokenizer(spec: str) -> Any:
+    """Load only the tokenizer of a spec (no weights)."""
+    from transformers import AutoTokenizer
+
+    where = local_dir(spec)
+    try:
+        return AutoTokenizer.from_pretrained(str(where))
+    except Exception as err:
+        raise _load_error(spec, where, err) from None
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     dtype: str = "auto",

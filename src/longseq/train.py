@@ -347,7 +347,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     from transformers import AutoTokenizer
 
-    from .data import load_train_data
+    from .corpus import load_train_data
     from .models import local_dir, pick_dtype
 
     validate(cfg)
