@@ -13,6 +13,7 @@ import sys
 from typing import Sequence
 
 from .errors import UserError
+from .runtime import tune_process
 
 COMMAND_MODULES: tuple[str, ...] = (
     "longseq.models",
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn :class:`UserError` into a one-line message with exit code 2."""
+    tune_process()  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

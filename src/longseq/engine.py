@@ -22,11 +22,6 @@ from __future__ import annotations
 import os
 import time
 
-# libgomp threads spin-wait between parallel regions by default; on a shared or oversubscribed CPU that
-# made prefill 5-15x slower here (1k tokens: 5-15 s spinning vs 1.0 s passive, load average 8 on 2 cores).
-# Read once when torch loads OpenMP, so it only helps if set before the first torch import (the CLI
-# imports this module before torch); an explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
 from typing import Any, Sequence
 

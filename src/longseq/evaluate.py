@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import engine as _engine  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 from .errors import UserError, unknown_choice
 from .fsutil import append_jsonl, atomic_write_text, read_jsonl
 from .parsing import parse_csv, parse_length, parse_lengths
@@ -244,7 +243,10 @@ def run_eval(cfg: EvalConfig, progress: bool = True, quiet: bool = False) -> dic
 
     from .engine import check_fits, resolve_prompt_format
     from .models import load_config
+    from .runtime import tune_process
     from .tasks import task_for
+
+    tune_process()
 
     cfg.validate()
     from .models import load_tokenizer

@@ -349,6 +349,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     from .corpus import load_train_data
     from .models import local_dir, pick_dtype
+    from .runtime import tune_process
+
+    tune_process()
 
     validate(cfg)
     if cfg.rope != "none" or cfg.theta is not None:  # factor/target/theta errors before any weights load

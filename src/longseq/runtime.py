@@ -1,0 +1,55 @@
+"""Process-wide CPU runtime settings that make torch work fast on small shared machines.
+
+Two settings, both applied once per process by :func:`tune_process` (the CLI calls it first thing;
+``train_model`` and ``run_eval`` call it too, for Python API users):
+
+* ``OMP_WAIT_POLICY=PASSIVE`` (only if unset, and only effective before torch loads OpenMP): idle
+  OpenMP threads sleep instead of spinning. With spinning, a 1k-token prefill on 2 busy cores took
+  5-15 s instead of 1 s.
+* glibc ``malloc`` keeps freed memory instead of returning every large block to the kernel
+  (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, -1)``). By default every tensor above
+  32 MiB (the logits of a 49k-word vocabulary over 2048 tokens are 400 MB) is a fresh ``mmap`` whose
+  pages the kernel zero-fills on first touch, then ``munmap``-ed again: on the lab's training step
+  more CPU went to the kernel than to the model. Measured on 2 cores: 1.10 s -> 0.57-0.61 s per step,
+  peak resident memory 2.3 -> 3.4 GB (freed blocks stay mapped for reuse). Set ``LONGSEQ_MALLOC=system``,
+  or any ``MALLOC_*`` variable of your own, to keep glibc's defaults.
+
+No library exposes these knobs (PyTorch leaves allocation on CPU to the C library), hence ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+M_MMAP_MAX = -4
+_NEVER = -1  # man mallopt: "-1 disables trimming completely"
+
+_done = False
+
+
+def tune_malloc() -> bool:
+    """Apply the allocator settings above; return whether they were applied (glibc Linux only)."""
+    if os.environ.get("LONGSEQ_MALLOC") == "system" or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _NEVER))
+
+
+def tune_process() -> None:
+    """Apply every setting once per process (idempotent)."""
+    global _done
+    if _done:
+        return
+    _done = True
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    tune_malloc()
