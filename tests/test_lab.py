@@ -59,6 +59,17 @@ def test_longlora_verdict_checks_quality_and_cost():
     dearer = copy.deepcopy(s)
     dearer["costs"]["ft-longlora"] = {"train_seconds": 120.0, "peak_rss_mb": 950.0}
     assert verdict("longlora", dearer) is False
+    noise = copy.deepcopy(s)
+    noise["costs"]["ft-longlora"] = {"train_seconds": 98.0, "peak_rss_mb": 860.0}  # < 10% less: not "a fraction"
+    assert verdict("longlora", noise) is False
+
+
+def test_longlora_note_reports_the_measured_trainable_share():
+    costs = {"ft-pi": {"trainable_parameters": 1000}, "ft-longlora": {"trainable_parameters": 940}}
+    s = fake_summary({}, costs)
+    notes = next(f for f in lab.FINDINGS if f.key == "longlora").judge(s)[3]
+    assert len(notes) == 1 and "trains 94% of this model's weights" in notes[0]
+    assert next(f for f in lab.FINDINGS if f.key == "longlora").judge(fake_summary({}))[3] == []
 
 
 def test_randomized_and_abf_verdicts():
@@ -69,6 +80,17 @@ def test_randomized_and_abf_verdicts():
     s["evals"]["randomized"]["perplexity"]["none"]["2048"] = 1000.0
     s["evals"]["ft-abf"]["perplexity"]["none"]["1024"] = 9.8
     assert verdict("randomized", s) is False and verdict("abf", s) is False
+
+
+def test_report_says_when_no_model_retrieved_anything():
+    s = fake_summary({"ft-pi": {"none": {1024: 9.0}}})
+    s.update(size="test", seed=0, seconds=60.0, findings=[], costs={},
+             settings={"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1, "pretrain_steps": 3,
+                       "pretrain_batch": 2, "finetune_steps": 2, "finetune_batch": 1})
+    s["evals"]["ft-pi"]["retrieval"] = {"none": {"256": 0.0, "1024": 0.0}}
+    assert "No model retrieved" in lab.report_markdown(s, [])
+    s["evals"]["ft-pi"]["retrieval"]["none"]["1024"] = 0.5
+    assert "No model retrieved" not in lab.report_markdown(s, [])
 
 
 def test_perplexity_is_token_weighted(tmp_path):
@@ -107,6 +129,8 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     ft_pi = json.loads((out / "ft-pi" / "model" / "config.json").read_text())
     assert ft_pi["rope_parameters"]["rope_type"] == "linear" and ft_pi["rope_parameters"]["factor"] == 4.0
     assert (out / "perplexity.png").stat().st_size > 1000
+    assert "*Note*: LongLoRA trains" in report  # computed from the arms' trainable parameter counts
     # a second run reuses every cached stage and reproduces the same numbers
     again = lab.run_lab(out, "test")
     assert again["evals"] == summary["evals"] and again["costs"] == summary["costs"]
+    assert again["seconds"] >= summary["seconds"]  # the wall time of every invocation adds up

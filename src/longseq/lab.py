@@ -319,6 +319,27 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     _check_lab_file(out, size_name, size, seed)
     started = time.time()
+    try:
+        lengths, costs, evals = _run_stages(out, size, seed)
+    finally:  # wall time over every invocation, so a resumed lab reports what the whole run cost
+        seconds = _add_elapsed(out, time.time() - started)
+    _log("[5/5] report")
+    summary = summarize(size_name, size, seed, lengths, costs, evals, seconds)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plots = write_plots(summary, out)
+    atomic_write_text(out / "report.md", report_markdown(summary, plots))
+    return summary
+
+
+def _add_elapsed(out: Path, seconds: float) -> float:
+    path = out / "elapsed.json"
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    atomic_write_text(path, json.dumps({"seconds": round(total, 1)}))
+    return total
+
+
+def _run_stages(out: Path, size: LabSize, seed: int) -> tuple[list[int], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Stages 1-4 (each cached under ``out``): lengths, training costs and eval summaries."""
     L = size.native
     lengths = [L, 2 * L, 4 * L, 8 * L]
 
@@ -356,13 +377,7 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
     for ft in FINETUNES:
         evals[ft.name] = run_evaluation(out, ft.name, str(out / ft.name / "model"), [("none", n) for n in lengths],
                                         None, size, data["heldout"], seed)
-
-    _log("[5/5] report")
-    summary = summarize(size_name, size, seed, lengths, costs, evals, time.time() - started)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    plots = write_plots(summary, out)
-    atomic_write_text(out / "report.md", report_markdown(summary, plots))
-    return summary
+    return lengths, costs, evals
 
 
 def _check_lab_file(out: Path, size_name: str, size: LabSize, seed: int) -> None:
@@ -405,6 +420,11 @@ def _f(x: float | None, digits: int = 2) -> str:
 
 
 MARGIN = 0.02  # "beats" means lower perplexity by more than 2%: smaller gaps are noise at this scale
+
+
+# "A fraction of the cost" means more than 10% less time or peak memory: peak RSS moves by ~5% between identical
+# full fine-tuning arms here (the allocator keeps freed blocks, see runtime.py), so smaller gaps are not a saving.
+COST_MARGIN = 0.10
 
 
 def _lt(a: float | None, b: float | None) -> bool | None:
@@ -466,10 +486,11 @@ def judge_longlora(s: dict[str, Any]) -> tuple[bool | None, str, list[list[str]]
     near = None if ll is None or full is None else ll <= 1.10 * full
     cheaper = None
     if cl.get("train_seconds") and cf.get("train_seconds"):
-        cheaper = cl["train_seconds"] < cf["train_seconds"] or (
-            bool(cl.get("peak_rss_mb")) and bool(cf.get("peak_rss_mb")) and cl["peak_rss_mb"] < cf["peak_rss_mb"])
+        cheaper = cl["train_seconds"] < cf["train_seconds"] * (1 - COST_MARGIN) or (
+            bool(cl.get("peak_rss_mb")) and bool(cf.get("peak_rss_mb"))
+            and cl["peak_rss_mb"] < cf["peak_rss_mb"] * (1 - COST_MARGIN))
     why = (f"LongLoRA perplexity {_f(ll)} vs full fine-tuning {_f(full)} (within 10%: {near}); "
-           f"LoRA alone {_f(lora)}; cheaper in time or memory: {cheaper}")
+           f"LoRA alone {_f(lora)}; more than {COST_MARGIN:.0%} cheaper in time or memory: {cheaper}")
     notes = []
     if cl.get("trainable_parameters") and cf.get("trainable_parameters"):
         share = cl["trainable_parameters"] / cf["trainable_parameters"]
@@ -542,6 +563,15 @@ def _md_table(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _retrieval_note(s: dict[str, Any]) -> list[str]:
+    """One paragraph when no model retrieved anything: the verdicts then rest on perplexity alone."""
+    scores = [v for e in s["evals"].values() for t in e.get("retrieval", {}).values() for v in t.values()]
+    if scores and max(scores) == 0:
+        return [f"No model retrieved a passkey or a line at any length ({len(scores)} retrieval cells, all 0): "
+                "at this size retrieval is not learned, so the verdicts rest on perplexity.", ""]
+    return []
+
+
 def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
     """The lab report: setup, then one section per finding with claim, measured table and verdict."""
     st = s["settings"]
@@ -557,6 +587,7 @@ def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
         "Perplexity is measured on held-out shipped prose (never trained on); retrieval is the mean of passkey "
         "and LongEval-lines scores. Verdicts are computed by `longseq.lab.FINDINGS` from the numbers below.",
         "",
+        *_retrieval_note(s),
         "| finding | source | verdict |",
         "|---|---|---|",
     ]
