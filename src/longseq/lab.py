@@ -650,8 +650,8 @@ def add_cli(sub: Any) -> None:
     """Register ``longseq lab``."""
     p = sub.add_parser("lab", help="reproduce the context-extension findings end to end on a tiny model (CPU)")
     p.add_argument("--out", required=True, help="lab folder (every stage is cached there and resumes)")
-    p.add_argument("--quick", action="store_true", help="the quick preset (~15 min on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="the quick preset (10 min on 2 CPU cores)")
     p.add_argument("--size", default="default", choices=sorted(SIZES),
-                   help="size preset: default (~1 h on 2 cores), quick, test (seconds; for the test suite)")
+                   help="size preset: default (28 min on 2 CPU cores), quick, test (about a minute; for the test suite)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_lab)
