@@ -21,7 +21,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-import longseq.engine  # noqa: E402,F401  (sets OMP_WAIT_POLICY before torch loads)
+from longseq.runtime import tune_process  # noqa: E402
+
+tune_process()  # what every longseq command does, before torch loads; the baseline shares the process
 
 
 def best_of(fn, repeats: int) -> float:
