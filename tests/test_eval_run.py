@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -166,6 +167,22 @@ def test_mixing_seeds_in_one_folder_is_refused(tiny_llama, tmp_path):  # noqa: F
     with pytest.raises(UserError, match="different seed"):
         run_eval(cfg, progress=False, quiet=True)
     assert (tmp_path / "run" / "samples.jsonl").read_bytes() == before
+
+
+def test_resume_from_another_folder_with_the_path_spelled_differently(tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(tiny_llama.parent)
+    cfg = _cfg(tiny_llama.name, tmp_path / "run", tasks=["passkey"], cells=[("none", 512)], samples=1)
+    run_eval(cfg, progress=False, quiet=True)
+    before = (tmp_path / "run" / "samples.jsonl").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    cfg.model = str(tiny_llama)  # absolute now, relative before: the same checkpoint
+    run_eval(cfg, progress=False, quiet=True)
+    assert (tmp_path / "run" / "samples.jsonl").read_bytes() == before
+    other = tmp_path / "other"
+    shutil.copytree(tiny_llama, other)
+    cfg.model = str(other)  # a different local folder (same weights) is still refused
+    with pytest.raises(UserError, match="different model"):
+        run_eval(cfg, progress=False, quiet=True)
 
 
 def test_cli_quick_preset_plan():

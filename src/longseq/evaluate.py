@@ -217,9 +217,15 @@ def ppl_window(tokens: list[int], length: int, index: int, samples: int) -> list
     return tokens[start:start + length]
 
 
+def _model_id(spec: str) -> str:
+    """A local checkpoint by its absolute path: resuming from another folder, or with the path spelled
+    differently, is the same run."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+
+
 def _check_run_file(out: Path, cfg: EvalConfig, fmt: str) -> None:
     """Refuse to mix samples of a different model / seed / prompt format / backend in one folder."""
-    ident = {"model": cfg.model, "seed": cfg.seed, "prompt_format": fmt, "backend": cfg.backend,
+    ident = {"model": _model_id(cfg.model), "seed": cfg.seed, "prompt_format": fmt, "backend": cfg.backend,
              "api_model": cfg.api_model if cfg.backend == "openai" else None}
     path = out / "run.json"
     if path.exists():
@@ -227,6 +233,8 @@ def _check_run_file(out: Path, cfg: EvalConfig, fmt: str) -> None:
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = {}
+        if "model" in old:
+            old["model"] = _model_id(old["model"])
         diff = [k for k in ident if k in old and old[k] != ident[k]]
         if diff:
             raise UserError(f"{out} holds a run with a different {', '.join(diff)} ({', '.join(f'{k}={old[k]}' for k in diff)}); "

@@ -313,7 +313,7 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
 
         raise unknown_choice("lab size", size_name, SIZES)
     size = SIZES[size_name]
-    out = Path(out)
+    out = Path(out).resolve()  # recipes and eval folders record absolute paths: the lab resumes from any folder
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder")
     out.mkdir(parents=True, exist_ok=True)
