@@ -422,8 +422,8 @@ def _f(x: float | None, digits: int = 2) -> str:
 MARGIN = 0.02  # "beats" means lower perplexity by more than 2%: smaller gaps are noise at this scale
 
 
-# "A fraction of the cost" means more than 10% less time or peak memory: peak RSS moves by ~5% between identical
-# full fine-tuning arms here (the allocator keeps freed blocks, see runtime.py), so smaller gaps are not a saving.
+# "A fraction of the cost" means more than 10% less time or peak memory. Peak RSS is a rough measure here: the
+# allocator keeps freed blocks (runtime.py), and the same arm moved by 5-15% between two runs.
 COST_MARGIN = 0.10
 
 
