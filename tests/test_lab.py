@@ -126,6 +126,7 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     for run in ["pretrain-std", "pretrain-rand", *(ft.name for ft in lab.FINETUNES)]:
         assert (out / run / "model" / "config.json").is_file()
         assert summary["costs"][run]["peak_rss_mb"] > 0
+        assert summary["costs"][run]["allocator"] == ("tuned" if run.startswith("pretrain") else "glibc default")
     ft_pi = json.loads((out / "ft-pi" / "model" / "config.json").read_text())
     assert ft_pi["rope_parameters"]["rope_type"] == "linear" and ft_pi["rope_parameters"]["factor"] == 4.0
     assert (out / "perplexity.png").stat().st_size > 1000
