@@ -656,6 +656,6 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--out", required=True, help="lab folder (every stage is cached there and resumes)")
     p.add_argument("--quick", action="store_true", help="the quick preset (10 min on 2 CPU cores)")
     p.add_argument("--size", default="default", choices=sorted(SIZES),
-                   help="size preset: default (28 min on 2 CPU cores), quick, test (about a minute; for the test suite)")
+                   help="size preset: default (29 min on 2 CPU cores), quick (10 min), test (a minute; for tests)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_lab)
