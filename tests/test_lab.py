@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 
 from longseq import lab
 from longseq.errors import UserError
+from longseq.fsutil import read_jsonl
 
 
 def fake_summary(ppl: dict[str, dict[str, dict[int, float]]], costs: dict[str, dict] | None = None) -> dict:
@@ -135,3 +137,14 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     again = lab.run_lab(out, "test")
     assert again["evals"] == summary["evals"] and again["costs"] == summary["costs"]
     assert again["seconds"] >= summary["seconds"]  # the wall time of every invocation adds up
+    # an arm interrupted before its first checkpoint (run.json and a partial metrics file, no checkpoint) reruns
+    arm = out / "ft-lora"
+    for stale in ("model", "checkpoint", "checkpoint.old"):
+        shutil.rmtree(arm / stale, ignore_errors=True)
+    (out / "costs" / "ft-lora.json").unlink()
+    (arm / "metrics.jsonl").write_text((arm / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    assert (arm / "run.json").is_file()
+    third = lab.run_lab(out, "test")
+    assert (arm / "model" / "config.json").is_file()
+    assert [r["step"] for r in read_jsonl(arm / "metrics.jsonl")] == list(range(1, lab.SIZES["test"].finetune_steps + 1))
+    assert third["evals"] == summary["evals"]

@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt and /proc")
+
 PROBE = textwrap.dedent("""
     import os, sys
     from longseq.runtime import tune_process, tune_malloc
@@ -35,7 +37,6 @@ def _probe(mode: str, **env: str) -> tuple[str, int, str]:
     return out[0], int(out[1]), out[2]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_tuned_allocator_keeps_freed_blocks_and_defaults_return_them():
     tuned, kept, omp = _probe("tune")
     assert tuned == "True" and kept >= 250  # the 300 MB block stays mapped for the next tensor
@@ -51,3 +52,14 @@ def test_user_settings_win():
     assert tuned == "False"
     *_, omp = _probe("plain", OMP_WAIT_POLICY="ACTIVE")
     assert omp == "ACTIVE"
+
+
+def test_bad_allocator_choice_is_a_one_line_error():
+    import os
+
+    env = {**os.environ, "LONGSEQ_MALLOC": "sytem"}
+    proc = subprocess.run([sys.executable, "-m", "longseq", "info", "smollm2-135m"], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "longseq: error: unknown LONGSEQ_MALLOC 'sytem' (did you mean 'system'?); choose one of: system, tuned"]

@@ -51,13 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, and turn :class:`UserError` into a one-line message with exit code 2."""
-    tune_process()  # before any command imports torch
-    parser = build_parser()
+    parser = build_parser()  # imports no torch: the settings below still reach OpenMP
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        tune_process()
         result = args.func(args)
     except UserError as err:
         print(f"longseq: error: {err}", file=sys.stderr)

@@ -220,7 +220,8 @@ def ppl_window(tokens: list[int], length: int, index: int, samples: int) -> list
 def _model_id(spec: str) -> str:
     """A local checkpoint by its absolute path: resuming from another folder, or with the path spelled
     differently, is the same run."""
-    return str(Path(spec).resolve()) if Path(spec).exists() else spec
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
 
 
 def _check_run_file(out: Path, cfg: EvalConfig, fmt: str) -> None:

@@ -226,9 +226,9 @@ def run_training(out: Path, name: str, recipe: dict[str, Any], faithful_memory: 
 
     recipe_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recipe_path, yaml.safe_dump({**recipe, "out": str(run_dir)}, sort_keys=True))
-    cmd = [sys.executable, "-m", "longseq", "train", "--config", str(recipe_path)]
-    if (run_dir / "checkpoint").exists():
-        cmd.append("--resume")
+    # --resume always: train starts fresh when the folder holds no checkpoint yet (an arm interrupted before its
+    # first save) and picks up checkpoint.old after a kill between its two renames.
+    cmd = [sys.executable, "-m", "longseq", "train", "--config", str(recipe_path), "--resume"]
     _log(f"{name}: {' '.join(cmd[1:])}")
     start = time.time()
     log_path = out / "recipes" / f"{name}.out.json"
@@ -598,8 +598,10 @@ def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
     out += [f"| {f['title']} | {f['source']} | **{f['verdict']}** |" for f in s["findings"]]
     for f in s["findings"]:
         out += ["", f"## {f['title']}", "", f"*Claim* ({f['source']}): {f['claim']}", "", _md_table(f["table"]), "",
-                f"*Measured*: {f['evidence']}.", *(f"\n*Note*: {n}." for n in f.get("notes", [])), "",
-                f"*Verdict*: **{f['verdict']}**"]
+                f"*Measured*: {f['evidence']}."]
+        for note in f.get("notes", []):
+            out += ["", f"*Note*: {note}."]
+        out += ["", f"*Verdict*: **{f['verdict']}**"]
     out += ["", "## Training cost", "", _md_table(
         [["run", "train s", "wall s", "peak RSS MB", "tokens", "final loss"]]
         + [[name, _f(c.get("train_seconds"), 1), _f(c.get("seconds"), 1), _f(c.get("peak_rss_mb"), 0),

@@ -24,16 +24,26 @@ import ctypes.util
 import os
 import sys
 
+from .errors import unknown_choice
+
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_MAX = -4
 _NEVER = -1  # man mallopt: "-1 disables trimming completely"
+
+MALLOC_CHOICES = ("tuned", "system")
 
 _done = False
 
 
 def tune_malloc() -> bool:
-    """Apply the allocator settings above; return whether they were applied (glibc Linux only)."""
-    if os.environ.get("LONGSEQ_MALLOC") == "system" or any(k.startswith("MALLOC_") for k in os.environ):
+    """Apply the allocator settings above; return whether they were applied (glibc Linux only).
+
+    Raises :class:`UserError` when ``LONGSEQ_MALLOC`` is neither ``tuned`` (the default) nor ``system``.
+    """
+    choice = os.environ.get("LONGSEQ_MALLOC", "tuned")
+    if choice not in MALLOC_CHOICES:
+        raise unknown_choice("LONGSEQ_MALLOC", choice, MALLOC_CHOICES)
+    if choice == "system" or any(k.startswith("MALLOC_") for k in os.environ):
         return False
     if not sys.platform.startswith("linux"):
         return False
@@ -50,6 +60,6 @@ def tune_process() -> None:
     global _done
     if _done:
         return
-    _done = True
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     tune_malloc()
+    _done = True
