@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from longseq.runtime import tune_process  # noqa: E402
+from longseq.core.runtime import tune_process  # noqa: E402
 
 tune_process()  # what every longseq command does, before torch loads; the baseline shares the process
 
@@ -39,9 +39,9 @@ def main() -> None:
     import torch
     from transformers import DynamicCache
 
-    from longseq.engine import HFEngine
-    from longseq.models import ALIASES, _alias_file, load_model
-    from longseq.parsing import parse_lengths
+    from longseq.eval.engine import HFEngine
+    from longseq.models.loading import ALIASES, _alias_file, load_model
+    from longseq.core.parsing import parse_lengths
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")

@@ -11,8 +11,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from longseq.chomsky import TASKS, get_task, sample_batch
-from longseq.lengthgen import make_protocol, _build_model, _tape
+from longseq.lengthgen.chomsky import TASKS, get_task, sample_batch
+from longseq.lengthgen.run import make_protocol, _build_model, _tape
 
 
 def rate(fn, batch: int, min_time: float = 0.3) -> float:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from longseq.memory import HashingEmbedder, MemoryStream, Ranking, _connect, ingest_file, load_embedder, token_counter
-from longseq.parsing import parse_csv
+from longseq.memory.stream import HashingEmbedder, MemoryStream, Ranking, _connect, ingest_file, load_embedder, token_counter
+from longseq.core.parsing import parse_csv
 
 DIM = 384
 

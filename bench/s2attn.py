@@ -45,8 +45,8 @@ def worker(spec: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from longseq.models import load_config, pick_dtype
-    from longseq.train import TrainConfig, prepare_model
+    from longseq.models.loading import load_config, pick_dtype
+    from longseq.train.trainer import TrainConfig, prepare_model
 
     n = spec["length"]
     config = load_config("smollm2-135m")
@@ -102,7 +102,7 @@ def attention_only(lengths: list[int], rounds: int) -> list[str]:
     import torch
     import torch.nn.functional as F
 
-    from longseq.s2attn import shifted_sparse_attention
+    from longseq.train.s2attn import shifted_sparse_attention
 
     rows = []
     for n in lengths:
@@ -159,7 +159,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    from longseq.parsing import parse_length, parse_lengths
+    from longseq.core.parsing import parse_length, parse_lengths
 
     print("Attention op alone (1 x 9 heads x N x 64, bf16), forward + backward, fastest of "
           f"{args.rounds} alternating rounds\n")

@@ -11,7 +11,7 @@ import pytest
 def smol_tokenizer():
     from transformers import AutoTokenizer
 
-    from longseq.models import local_dir
+    from longseq.models.loading import local_dir
 
     return AutoTokenizer.from_pretrained(str(local_dir("smollm2-135m")))
 

@@ -10,12 +10,12 @@ import pytest
 
 from eval_fixtures import smol_tokenizer, tiny_llama  # noqa: F401  (fixtures)
 from longseq.cli import main
-from longseq.evaluate import EvalConfig, run_eval
+from longseq.eval.run import EvalConfig, run_eval
 
 
 @pytest.fixture(scope="module")
 def server(tiny_llama):  # noqa: F811
-    from longseq.serve import make_server
+    from longseq.eval.serve import make_server
 
     srv = make_server(str(tiny_llama), port=0, dtype="float32", name="tiny")
     thread = threading.Thread(target=srv.serve_forever, daemon=True)

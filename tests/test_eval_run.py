@@ -10,9 +10,9 @@ import pytest
 
 from eval_fixtures import smol_tokenizer, tiny_llama  # noqa: F401  (fixtures)
 from longseq.cli import main
-from longseq.engine import HFEngine
-from longseq.errors import UserError
-from longseq.evaluate import EvalConfig, plan, run_eval
+from longseq.eval.engine import HFEngine
+from longseq.core.errors import UserError
+from longseq.eval.run import EvalConfig, plan, run_eval
 
 
 def _cfg(model, out, **kw) -> EvalConfig:
@@ -187,7 +187,7 @@ def test_resume_from_another_folder_with_the_path_spelled_differently(tiny_llama
 
 def test_cli_quick_preset_plan():
     from longseq.cli import build_parser
-    from longseq.evaluate import config_from_args
+    from longseq.eval.run import config_from_args
 
     args = build_parser().parse_args(["eval", "--preset", "quick"])
     cfg = config_from_args(args)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from longseq.evaluate import EvalConfig, run_eval
+from longseq.eval.run import EvalConfig, run_eval
 
 
 @pytest.mark.slow

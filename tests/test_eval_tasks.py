@@ -7,11 +7,10 @@ import random
 import pytest
 
 from eval_fixtures import smol_tokenizer  # noqa: F401  (fixture)
-from longseq.engine import cut_at_stop, encode, render
-from longseq.errors import UserError
-from longseq.evaluate import Item, PromptBuilder, effective_length
-from longseq.tasks import (NIAH_NEEDLE, PASSKEY_GARBAGE, RULER_SUBTASKS, TASKS, first_int, insert_at_depth, last_int,
-                           recall, score_contains, score_exact_int, score_last_int, score_recall_words, size_prompt)
+from longseq.eval.engine import cut_at_stop, encode, render
+from longseq.core.errors import UserError
+from longseq.eval.run import Item, PromptBuilder, effective_length
+from longseq.eval.tasks import NIAH_NEEDLE, PASSKEY_GARBAGE, RULER_SUBTASKS, TASKS, first_int, insert_at_depth, last_int, recall, score_contains, score_exact_int, score_last_int, score_recall_words, size_prompt
 
 ALL = [("passkey", ""), ("lines", ""), ("topics", ""), ("niah", "")] + [("ruler", s) for s in RULER_SUBTASKS]
 
@@ -74,7 +73,7 @@ def test_passkey_depth_and_filler_match_the_reference_construction():
 
 
 def test_ruler_needles_and_answers_are_consistent():
-    from longseq.tasks import gen_niah_multiquery, gen_niah_multivalue, gen_vt
+    from longseq.eval.tasks import gen_niah_multiquery, gen_niah_multivalue, gen_vt
 
     mq = gen_niah_multiquery(random.Random(1), 3000, {})
     assert len(mq.expected) == 4 and all(f"is: {v}." in mq.body for v in mq.expected)
@@ -91,7 +90,7 @@ def test_ruler_needles_and_answers_are_consistent():
 def test_cwe_and_fwe_answers_are_the_true_most_frequent_words():
     from collections import Counter
 
-    from longseq.tasks import gen_cwe, gen_fwe
+    from longseq.eval.tasks import gen_cwe, gen_fwe
 
     cwe = gen_cwe(random.Random(4), 200, {"length": 8192})
     listing = cwe.body.split("\n")[1]

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from longseq import lab
-from longseq.errors import UserError
-from longseq.fsutil import read_jsonl
+import longseq.lab.run as lab
+from longseq.core.errors import UserError
+from longseq.core.fsutil import read_jsonl
 
 
 def fake_summary(ppl: dict[str, dict[str, dict[int, float]]], costs: dict[str, dict] | None = None) -> dict:

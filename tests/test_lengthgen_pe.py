@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-from longseq.errors import UserError
-from longseq.randpe import PES, Attention, Encoder, ModelConfig, alibi_bias, alibi_slopes, rotate, sinusoid, split_pe
+from longseq.core.errors import UserError
+from longseq.lengthgen.randpe import PES, Attention, Encoder, ModelConfig, alibi_bias, alibi_slopes, rotate, sinusoid, split_pe
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from longseq.chomsky import TASKS, get_task, sample_batch
-from longseq.errors import UserError
+from longseq.lengthgen.chomsky import TASKS, get_task, sample_batch
+from longseq.core.errors import UserError
 
 MAX = 500  # the paper's longest test length
 

@@ -16,18 +16,8 @@ import pytest
 import torch
 
 from longseq import cli
-from longseq.lengthgen import (
-    PRESETS,
-    Protocol,
-    evaluate_model,
-    make_protocol,
-    parse_length_spec,
-    render_report,
-    run_key,
-    summarize,
-    train_model,
-)
-from longseq.errors import UserError
+from longseq.lengthgen.run import PRESETS, Protocol, evaluate_model, make_protocol, parse_length_spec, render_report, run_key, summarize, train_model
+from longseq.core.errors import UserError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from longseq.memory import MemoryStream, load_embedder
-from longseq.scm import OpenAIChat, SCMAgent, TransformersChat
+from longseq.memory.stream import MemoryStream, load_embedder
+from longseq.memory.llm import OpenAIChat, TransformersChat
+from longseq.memory.scm import SCMAgent
 
 pytestmark = pytest.mark.slow
 

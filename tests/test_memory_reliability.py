@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from longseq import memory as mem
+import longseq.memory.stream as mem
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -158,7 +158,7 @@ def test_100mb_file_is_streamed_in_bounded_memory(tmp_path):
             fh.write(para)
     # peak RSS from VmHWM (ru_maxrss would report the forking pytest process's peak on Linux)
     code = (
-        "import re, sys; from pathlib import Path; from longseq import memory as m\n"
+        "import re, sys; from pathlib import Path; import longseq.memory.stream as m\n"
         "m.check_input(sys.argv[1])\n"
         "n = sum(1 for _ in m.text_blocks(Path(sys.argv[1]), lambda s: len(s.split()), 256))\n"
         "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"

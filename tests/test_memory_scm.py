@@ -11,16 +11,16 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from longseq.memory import HashingEmbedder, Item, MemoryStream, Ranking
-from longseq.scm import (ControllerConfig, MemoryController, SCMAgent, _TokenizerMixin, assemble, parse_choice,
-                         render)
+from longseq.memory.stream import HashingEmbedder, Item, MemoryStream, Ranking
+from longseq.memory.scm import ControllerConfig, MemoryController, SCMAgent, assemble, parse_choice, render
+from longseq.memory.llm import _TokenizerMixin
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from longseq.models import local_dir
+    from longseq.models.loading import local_dir
 
     return AutoTokenizer.from_pretrained(str(local_dir("smollm2-135m")))
 
@@ -180,7 +180,7 @@ def test_agent_modes_and_store(tokenizer):
 def test_bench_pipeline_with_copying_llm(tokenizer):
     """The bench protocol with an LLM that answers with every candidate word in its prompt: memory systems
     that put the evidence in the prompt must score exactly their recall on single-hop probes."""
-    from longseq import memory_bench as mb
+    import longseq.memory.bench as mb
 
     gold_words = set(mb.PETS + mb.DRINKS + mb.CITIES + mb.TRIPS)
 
@@ -206,7 +206,7 @@ def test_bench_pipeline_with_copying_llm(tokenizer):
 
 
 def test_make_session_is_deterministic():
-    from longseq.memory_bench import make_session
+    from longseq.memory.bench import make_session
 
     a, b = make_session(3), make_session(3)
     assert a.turns == b.turns and [p.gold for p in a.probes] == [p.gold for p in b.probes]
@@ -218,7 +218,7 @@ def test_make_session_is_deterministic():
 
 
 def test_summarize_document_hierarchy_and_resume(tokenizer, tmp_path):
-    from longseq.scm import summarize_document
+    from longseq.memory.scm import summarize_document
 
     doc = tmp_path / "book.txt"
     doc.write_text(" ".join(f"Chapter {i} tells how the hero visits town number {i} and meets a friend." for i in range(60)))

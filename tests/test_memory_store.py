@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from longseq import memory as mem
-from longseq.errors import UserError
-from longseq.memory import HashingEmbedder, MemoryStream, Ranking
+import longseq.memory.stream as mem
+from longseq.core.errors import UserError
+from longseq.memory.stream import HashingEmbedder, MemoryStream, Ranking
 
 
 class TableEmbedder:

@@ -12,9 +12,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from longseq import cli
-from longseq.errors import UserError
-from longseq.models import kv_cache_bytes, load_model, model_info, pick_dtype, resolve
-from longseq.rope import METHODS, apply_rope, extend_checkpoint
+from longseq.core.errors import UserError
+from longseq.models.info import kv_cache_bytes, model_info
+from longseq.models.loading import load_model, pick_dtype, resolve
+from longseq.models.rope import METHODS, apply_rope, extend_checkpoint
 
 IDS = torch.tensor([[5, 17, 42, 3, 99, 64, 7, 8, 120, 11] * 40])  # 400 tokens: beyond the native 256
 

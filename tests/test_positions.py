@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longseq.errors import UserError
-from longseq.positions import sample_positions
+from longseq.core.errors import UserError
+from longseq.models.positions import sample_positions
 
 
 @pytest.mark.parametrize("n, max_len", [(1, 1), (5, 5), (40, 2048), (500, 2048), (0, 10)])

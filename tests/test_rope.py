@@ -13,8 +13,8 @@ import torch
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from conftest import tiny_llama_config
-from longseq.errors import UserError
-from longseq.rope import METHODS, extend_config, native_context_length
+from longseq.core.errors import UserError
+from longseq.models.rope import METHODS, extend_config, native_context_length
 
 B, D, L = 10000.0, 16, 256  # tiny config: base, rotary dim (head_dim 64/4), native length
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 PROBE = textwrap.dedent("""
     import os, sys
-    from longseq.runtime import tune_process, tune_malloc
+    from longseq.core.runtime import tune_process, tune_malloc
 
     def rss_mb():
         with open("/proc/self/status") as fh:

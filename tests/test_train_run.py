@@ -16,7 +16,7 @@ import torch
 
 from train_helpers import ROOT, TEXT, losses, make_tiny_llama, run_cli
 
-from longseq.train import TrainConfig, train
+from longseq.train.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_refuses_to_clobber_or_resume_another_run(tiny, text_file, tmp_path, cap
 def test_instruction_data_trains_only_on_the_output(tiny, tmp_path):
     from transformers import AutoTokenizer
 
-    from longseq.corpus import IGNORE_INDEX, load_train_data
+    from longseq.train.corpus import IGNORE_INDEX, load_train_data
 
     data = tmp_path / "sft.jsonl"
     data.write_text("\n".join(json.dumps({"instruction": f"Repeat the number {i}.", "output": f"{i} {i} {i}"})
@@ -192,7 +192,7 @@ def test_instruction_data_trains_only_on_the_output(tiny, tmp_path):
 def test_packing_joins_documents_with_eos(tiny, tmp_path):
     from transformers import AutoTokenizer
 
-    from longseq.corpus import load_train_data
+    from longseq.train.corpus import load_train_data
 
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -212,7 +212,7 @@ def test_packing_joins_documents_with_eos(tiny, tmp_path):
 def test_recipes_are_valid():
     import yaml
 
-    from longseq.train import TrainConfig, load_recipe, validate
+    from longseq.train.trainer import TrainConfig, load_recipe, validate
 
     recipes = sorted((ROOT / "configs").glob("*.yaml"))
     assert len(recipes) >= 3

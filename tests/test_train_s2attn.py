@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from longseq.s2attn import register, shifted_sparse_attention
+from longseq.train.s2attn import register, shifted_sparse_attention
 
 
 def segment_ids(n: int, group: int, shifted: bool) -> list[int]:
@@ -142,7 +142,7 @@ def test_registered_in_transformers_and_full_attention_in_eval():
     model.train()
     captured = {}
     attn = model.model.layers[0].self_attn
-    from longseq import s2attn as mod
+    from longseq.train import s2attn as mod
 
     orig = mod.shifted_sparse_attention
 
@@ -166,7 +166,7 @@ def test_registered_in_transformers_and_full_attention_in_eval():
 
 def test_package_exports():
     import longseq
-    import longseq.train  # noqa: F401  (the submodule shadows nothing that is exported)
+    from longseq.train import trainer
 
     assert longseq.shifted_sparse_attention is shifted_sparse_attention
-    assert longseq.train_model is longseq.train.train and longseq.TrainConfig is longseq.train.TrainConfig
+    assert longseq.train_model is trainer.train and longseq.TrainConfig is trainer.TrainConfig

@@ -16,7 +16,7 @@ def make_tiny_llama(path: Path, tie: bool = True) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from longseq.models import local_dir
+    from longseq.models.loading import local_dir
 
     tok = AutoTokenizer.from_pretrained(str(local_dir("smollm2-135m")))
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -38,6 +38,6 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def losses(run_dir: Path) -> dict[int, float]:
     """step -> loss from metrics.jsonl (a line being written by a live run is skipped)."""
-    from longseq.fsutil import read_jsonl
+    from longseq.core.fsutil import read_jsonl
 
     return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")}

@@ -11,42 +11,46 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "UserError": "longseq.errors",
-    "load_model": "longseq.models",
-    "load_config": "longseq.models",
-    "model_info": "longseq.models",
-    "METHODS": "longseq.rope",
-    "extend_config": "longseq.rope",
-    "apply_rope": "longseq.rope",
-    "extend_checkpoint": "longseq.rope",
-    "native_context_length": "longseq.rope",
-    "sample_positions": "longseq.positions",
-    "EvalConfig": "longseq.evaluate",
-    "run_eval": "longseq.evaluate",
-    "effective_length": "longseq.evaluate",
-    "TASKS": "longseq.tasks",
-    "HFEngine": "longseq.engine",
-    "shifted_sparse_attention": "longseq.s2attn",
-    "TrainConfig": "longseq.train",
-    "train_model": "longseq.train",
-    "TASKS": "longseq.chomsky",
-    "sample_batch": "longseq.chomsky",
-    "Encoder": "longseq.randpe",
-    "PES": "longseq.randpe",
-    "run_benchmark": "longseq.lengthgen",
-    "make_protocol": "longseq.lengthgen",
-    "MemoryStream": "longseq.memory",
-    "load_embedder": "longseq.memory",
-    "MemoryController": "longseq.scm",
-    "SCMAgent": "longseq.scm",
-    "TransformersChat": "longseq.scm",
-    "OpenAIChat": "longseq.scm",
+    "UserError": "longseq.core.errors",
+    "load_model": "longseq.models.loading",
+    "load_config": "longseq.models.loading",
+    "load_tokenizer": "longseq.models.loading",
+    "model_info": "longseq.models.info",
+    "ROPE_METHODS": "longseq.models.rope:METHODS",
+    "extend_config": "longseq.models.rope",
+    "apply_rope": "longseq.models.rope",
+    "extend_checkpoint": "longseq.models.rope",
+    "native_context_length": "longseq.models.rope",
+    "sample_positions": "longseq.models.positions",
+    "EvalConfig": "longseq.eval.run",
+    "run_eval": "longseq.eval.run",
+    "effective_length": "longseq.eval.run",
+    "EVAL_TASKS": "longseq.eval.tasks:TASKS",
+    "HFEngine": "longseq.eval.engine",
+    "shifted_sparse_attention": "longseq.train.s2attn",
+    "TrainConfig": "longseq.train.trainer",
+    "train_model": "longseq.train.trainer:train",
+    "CHOMSKY_TASKS": "longseq.lengthgen.chomsky:TASKS",
+    "sample_batch": "longseq.lengthgen.chomsky",
+    "Encoder": "longseq.lengthgen.randpe",
+    "PES": "longseq.lengthgen.randpe",
+    "run_benchmark": "longseq.lengthgen.run",
+    "make_protocol": "longseq.lengthgen.run",
+    "MemoryStream": "longseq.memory.stream",
+    "load_embedder": "longseq.memory.stream",
+    "MemoryController": "longseq.memory.scm",
+    "SCMAgent": "longseq.memory.scm",
+    "TransformersChat": "longseq.memory.llm",
+    "OpenAIChat": "longseq.memory.llm",
+    "run_lab": "longseq.lab.run",
 }
+"""Public name -> ``module`` (same attribute name) or ``module:attribute``."""
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        module, _, attr = _EXPORTS[name].partition(":")
+        return getattr(importlib.import_module(module), attr or name)
     raise AttributeError(f"module 'longseq' has no attribute {name!r}")

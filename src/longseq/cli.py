@@ -12,19 +12,16 @@ import importlib
 import sys
 from typing import Sequence
 
-from .errors import UserError
-from .runtime import tune_process
+from longseq.core.errors import UserError
+from longseq.core.runtime import tune_process
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "longseq.models",
-    "longseq.rope",
-    "longseq.evaluate",
-    "longseq.serve",
-    "longseq.train",
-    "longseq.lengthgen",
-    "longseq.memory",
-    "longseq.scm",
-    "longseq.lab",
+    "longseq.models.cli",
+    "longseq.eval.cli",
+    "longseq.train.cli",
+    "longseq.lengthgen.cli",
+    "longseq.memory.cli",
+    "longseq.lab.cli",
 )
 
 EPILOG = """quick start:

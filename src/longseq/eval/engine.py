@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import UserError, unknown_choice
+from longseq.core.errors import UserError, unknown_choice
 
 PROMPT_FORMATS = ("auto", "raw", "chat")
 
@@ -99,7 +99,7 @@ def estimate_memory_bytes(config: Any, length: int, chunk_size: int, bytes_per_v
     """Peak memory of one generation at ``length`` tokens beyond the weights: the KV cache, one chunk's
     boolean attention mask (chunk x length; PyTorch's CPU flash kernel never materializes the scores)
     and one chunk's MLP activations (a few chunk x intermediate tensors)."""
-    from .models import kv_cache_bytes
+    from longseq.models.info import kv_cache_bytes
 
     chunk = min(chunk_size, length)
     inter = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
@@ -143,8 +143,8 @@ class HFEngine:
     def load(cls, spec: str, method: str = "none", dtype: str = "auto", chunk_size: int = 16384,
              target_length: int | None = None, factor: float | None = None, theta: float | None = None) -> "HFEngine":
         """Load ``spec`` once and apply RoPE ``method`` via the foundation registry."""
-        from .models import load_model
-        from .rope import apply_rope, native_context_length
+        from longseq.models.loading import load_model
+        from longseq.models.rope import apply_rope, native_context_length
 
         model, tokenizer = load_model(spec, dtype=dtype)
         if method != "none":

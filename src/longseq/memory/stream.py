@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from .errors import UserError, unknown_choice
+from longseq.core.errors import UserError, unknown_choice
 
 SCHEMA_VERSION = "1"
 MIRROR_FROM = 5_000  # from this many items, candidates come from an in-RAM bit mirror (see MemoryStream._candidates)
@@ -769,7 +769,7 @@ def token_counter(model: str) -> Callable[[str], int]:
     """``count(text) -> tokens`` with the tokenizer of ``model`` (an alias or folder; no weights loaded)."""
     from transformers import AutoTokenizer
 
-    from .models import local_dir
+    from longseq.models.loading import local_dir
 
     tok = AutoTokenizer.from_pretrained(str(local_dir(model)))
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
@@ -909,6 +909,6 @@ def add_cli(sub: Any) -> None:
     q.add_argument("--embeddings", action="store_true", help="include the float embeddings")
     q.set_defaults(func=_cmd_export)
 
-    from .memory_bench import add_bench_cli
+    from longseq.memory.bench import add_bench_cli
 
     add_bench_cli(msub)

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UserError, unknown_choice
-from .fsutil import append_jsonl, atomic_write_text, read_jsonl
-from .parsing import parse_csv, parse_length, parse_lengths
+from longseq.core.errors import UserError, unknown_choice
+from longseq.core.fsutil import append_jsonl, atomic_write_text, read_jsonl
+from longseq.core.parsing import parse_csv, parse_length, parse_lengths
 
 RULER_THRESHOLD = 0.856
 BACKENDS = ("hf", "openai")
@@ -73,8 +73,8 @@ class EvalConfig:
     api_key: str | None = None
 
     def validate(self) -> None:
-        from .rope import METHODS
-        from .tasks import task_names
+        from longseq.models.rope import METHODS
+        from longseq.eval.tasks import task_names
 
         for t in self.tasks:
             if t not in task_names():
@@ -135,7 +135,7 @@ def niah_depths(cfg: EvalConfig) -> list[float]:
 
 def plan(cfg: EvalConfig) -> list[Item]:
     """All samples of the run, method-major (one model load per method), then length, task, index."""
-    from .tasks import RULER_SUBTASKS
+    from longseq.eval.tasks import RULER_SUBTASKS
 
     methods = list(dict.fromkeys(m for m, _ in cfg.cells))
     items = []
@@ -158,7 +158,7 @@ class PromptBuilder:
     """Builds and caches sized prompts (they do not depend on the RoPE method)."""
 
     def __init__(self, tokenizer: Any, fmt: str, seed: int):
-        from .engine import encode, render
+        from longseq.eval.engine import encode, render
 
         self.tokenizer, self.fmt, self.seed = tokenizer, fmt, seed
         self._cache: dict[tuple[str, str, int, int], Any] = {}
@@ -169,7 +169,7 @@ class PromptBuilder:
         return text, len(self._encode(self.tokenizer, text, self.fmt))
 
     def build(self, item: Item) -> Any:
-        from .tasks import size_prompt, task_for
+        from longseq.eval.tasks import size_prompt, task_for
 
         key = (item.task, item.subtask, item.length, item.index)
         if key not in self._cache:
@@ -183,7 +183,7 @@ class PromptBuilder:
 def ppl_tokens(cfg: EvalConfig, tokenizer: Any) -> list[int]:
     """Token ids of the perplexity text: a file path, ``hf:NAME[:CONFIG]`` (a ``datasets`` dataset, test
     split, ``text`` column), or the shipped haystack by default."""
-    from .tasks import haystack_text
+    from longseq.eval.tasks import haystack_text
 
     src = cfg.ppl_text
     if not src:
@@ -250,15 +250,15 @@ def run_eval(cfg: EvalConfig, progress: bool = True, quiet: bool = False) -> dic
     """
     from tqdm import tqdm
 
-    from .engine import check_fits, resolve_prompt_format
-    from .models import load_config
-    from .runtime import tune_process
-    from .tasks import task_for
+    from longseq.eval.engine import check_fits, resolve_prompt_format
+    from longseq.models.loading import load_config
+    from longseq.core.runtime import tune_process
+    from longseq.eval.tasks import task_for
 
     tune_process()
 
     cfg.validate()
-    from .models import load_tokenizer
+    from longseq.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     fmt = resolve_prompt_format(cfg.prompt_format, tokenizer)
@@ -327,7 +327,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True, quiet: bool = False) -> dic
 
 
 def _engine_factory(cfg: EvalConfig) -> Any:
-    from .engine import HFEngine, OpenAIEngine
+    from longseq.eval.engine import HFEngine, OpenAIEngine
 
     def make(method: str, max_length: int | None = None) -> Any:
         if cfg.backend == "openai":
@@ -594,9 +594,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def add_cli(sub: Any) -> None:
     """Register ``longseq eval``."""
-    from .models import DEFAULT_MODEL, DTYPES
-    from .rope import METHODS
-    from .tasks import task_names
+    from longseq.models.loading import DEFAULT_MODEL, DTYPES
+    from longseq.models.rope import METHODS
+    from longseq.eval.tasks import task_names
 
     p = sub.add_parser("eval", help="long-context evaluation: passkey, LongEval, NIAH, RULER, perplexity, effective length",
                        description="Tasks: " + ", ".join(task_names()) + ". Methods: " + ", ".join(METHODS) +

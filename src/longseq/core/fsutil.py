@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import UserError
+from longseq.core.errors import UserError
 
 
 @contextlib.contextmanager

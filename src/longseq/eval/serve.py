@@ -18,7 +18,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .errors import UserError
+from longseq.core.errors import UserError
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -60,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self._error(404, f"unknown path {self.path}")
 
     def _generate(self, text: str, fmt: str, req: dict[str, Any]) -> tuple[Any, int] | None:
-        from .engine import encode
+        from longseq.eval.engine import encode
 
         engine = self.server.engine
         stop = req.get("stop") or []
@@ -138,7 +138,7 @@ def make_server(spec: str, host: str = "127.0.0.1", port: int = 8000, method: st
                 target_length: int | None = None, dtype: str = "auto", chunk_size: int = 16384,
                 max_length: int | None = None, name: str | None = None) -> CompletionServer:
     """Load ``spec`` with RoPE ``method`` and bind a :class:`CompletionServer` (call ``serve_forever``)."""
-    from .engine import HFEngine
+    from longseq.eval.engine import HFEngine
 
     engine = HFEngine.load(spec, method, dtype, chunk_size, target_length=target_length)
     try:
@@ -148,7 +148,7 @@ def make_server(spec: str, host: str = "127.0.0.1", port: int = 8000, method: st
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .parsing import parse_length
+    from longseq.core.parsing import parse_length
 
     server = make_server(args.model, args.host, args.port, args.method,
                          parse_length(args.target_length) if args.target_length else None, args.dtype,
@@ -165,7 +165,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_cli(sub: Any) -> None:
     """Register ``longseq serve``."""
-    from .models import DEFAULT_MODEL, DTYPES
+    from longseq.models.loading import DEFAULT_MODEL, DTYPES
 
     p = sub.add_parser("serve", help="OpenAI-compatible completions/chat server on a local model (greedy)")
     p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="alias, folder, .gguf or Hub id")

@@ -27,10 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .chomsky import TASKS, get_task, sample_batch
-from .errors import UserError, unknown_choice
-from .fsutil import append_jsonl, atomic_write_text, read_jsonl
-from .parsing import parse_csv
+from longseq.lengthgen.chomsky import TASKS, get_task, sample_batch
+from longseq.core.errors import UserError, unknown_choice
+from longseq.core.fsutil import append_jsonl, atomic_write_text, read_jsonl
+from longseq.core.parsing import parse_csv
 
 # The PE names live in longseq.randpe, which imports torch; it is imported inside functions here so that
 # `longseq --help` and input validation stay fast.
@@ -128,7 +128,7 @@ def make_protocol(preset: str | None = None, **overrides: Any) -> Protocol:
     name = preset or "default"
     if name not in PRESETS:
         raise unknown_choice("preset", name, PRESETS)
-    from .randpe import PES
+    from longseq.lengthgen.randpe import PES
 
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     if values.get("pes") == ["all"]:
@@ -143,7 +143,7 @@ def make_protocol(preset: str | None = None, **overrides: Any) -> Protocol:
 
 def validate(p: Protocol) -> None:
     """Reject bad settings before any training starts (names, sizes, tapes longer than the position range)."""
-    from .randpe import split_pe
+    from longseq.lengthgen.randpe import split_pe
     if not p.tasks or not p.pes:
         raise UserError("no tasks or no PEs selected; pass e.g. --tasks parity_check --pe rope,randomized_rope")
     for t in p.tasks:
@@ -177,7 +177,7 @@ def _tape(x: np.ndarray, out_len: int, blank: int, device: Any) -> Any:
 
 
 def _build_model(task_name: str, pe: str, p: Protocol, device: Any) -> Any:
-    from .randpe import Encoder, ModelConfig
+    from longseq.lengthgen.randpe import Encoder, ModelConfig
 
     task = get_task(task_name)
     cfg = ModelConfig(vocab_size=task.input_size + 1, output_size=task.output_size, pe=pe, d_model=p.d_model,
@@ -296,7 +296,7 @@ def summarize(records: list[dict[str, Any]], p: Protocol) -> dict[str, Any]:
 
 def render_report(summary: dict[str, Any]) -> str:
     """Markdown: a task x PE table (mean over seeds, best in brackets) and each randomized variant's gain."""
-    from .randpe import split_pe
+    from longseq.lengthgen.randpe import split_pe
     p = summary["protocol"]
     cells = {(r["task"], r["pe"]): r for r in summary["results"]}
     tasks = [t for t in p["tasks"] if any(k[0] == t for k in cells)]
@@ -464,7 +464,7 @@ def _names(text: str | None, choices: Sequence[str], kind: str) -> list[str] | N
 
 
 def _cmd_lengthgen(args: argparse.Namespace) -> int:
-    from .randpe import PES
+    from longseq.lengthgen.randpe import PES
     lrs = None
     if args.lr is not None:
         try:

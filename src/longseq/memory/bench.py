@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import UserError
+from longseq.core.errors import UserError
 
 PETS = ["Biscuit", "Pepper", "Mochi", "Juniper", "Waffles", "Nimbus", "Clementine", "Pickles"]
 ANIMALS = ["dog", "cat", "parrot", "rabbit", "tortoise", "hamster"]
@@ -129,8 +129,8 @@ def run_bench(llm: Any, embedder: Any, sessions: int = 4, seed: int = 0, k: int 
     """Run every system on every probe; return per-system metrics and per-probe records."""
     from tqdm import tqdm
 
-    from .memory import MemoryStream
-    from .scm import SCMAgent
+    from longseq.memory.stream import MemoryStream
+    from longseq.memory.scm import SCMAgent
 
     records: list[dict[str, Any]] = []
     dialogue_tokens = []
@@ -202,15 +202,15 @@ def report_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .fsutil import atomic_write_text
-    from .memory import load_embedder
-    from .parsing import parse_csv
-    from .scm import load_llm
+    from longseq.core.fsutil import atomic_write_text
+    from longseq.memory.stream import load_embedder
+    from longseq.core.parsing import parse_csv
+    from longseq.memory.llm import load_llm
 
     systems = parse_csv(args.systems) or list(SYSTEMS)
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:
-        from .errors import unknown_choice
+        from longseq.core.errors import unknown_choice
 
         raise unknown_choice("system", bad[0], SYSTEMS)
     if args.sessions <= 0:

@@ -14,7 +14,6 @@ parameters here), so the first load converts once and caches a safetensors copy 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -24,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, unknown_choice
-from .fsutil import atomic_dir
+from longseq.core.errors import UserError, unknown_choice
+from longseq.core.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -251,93 +250,3 @@ def _load_error(spec: str, where: Path | str, err: BaseException) -> UserError:
             f"or use an alias: {', '.join(ALIASES)}"
         )
     return UserError(f"cannot load model from {where}: {_one_line(err)}")
-
-
-# ----------------------------------------------------------------------------------------------- info
-
-
-def rope_dim(config: Any) -> int:
-    """Rotary dimension d = head_dim * partial_rotary_factor."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    factor = (config.rope_parameters or {}).get("partial_rotary_factor", 1.0)
-    return int(head_dim * factor)
-
-
-def kv_cache_bytes(config: Any, tokens: int, bytes_per_value: int = 2) -> int:
-    """KV-cache size: 2 (K and V) x layers x kv_heads x head_dim x tokens x bytes."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * bytes_per_value
-
-
-def count_parameters(config: Any) -> int:
-    """Exact parameter count, from a meta-device model (no weights are materialized)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
-
-
-def model_info(spec: str) -> dict[str, Any]:
-    """Architecture, parameter count, native/claimed context, RoPE parameters and KV-cache sizes."""
-    from .rope import native_context_length
-
-    config = load_config(spec)
-    lengths = {"4k": 4096, "16k": 16384, "32k": 32768, "128k": 131072}
-    return {
-        "model": spec,
-        "architecture": (config.architectures or [config.model_type])[0],
-        "parameters": count_parameters(config),
-        "layers": config.num_hidden_layers,
-        "hidden_size": config.hidden_size,
-        "attention_heads": config.num_attention_heads,
-        "kv_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
-        "rotary_dim": rope_dim(config),
-        "native_context": native_context_length(config),
-        "max_position_embeddings": config.max_position_embeddings,
-        "rope_parameters": dict(config.rope_parameters or {}),
-        "longseq_extension": getattr(config, "longseq_extension", None),
-        "kv_cache_bf16_bytes": {k: kv_cache_bytes(config, n) for k, n in lengths.items()},
-    }
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
-
-
-def format_info(info: dict[str, Any]) -> str:
-    """Human-readable form of :func:`model_info`."""
-    lines = [
-        f"model            {info['model']}",
-        f"architecture     {info['architecture']}",
-        f"parameters       {info['parameters']:,} ({info['parameters'] / 1e6:.1f}M)",
-        f"layers           {info['layers']} (hidden {info['hidden_size']}, heads {info['attention_heads']}, "
-        f"kv heads {info['kv_heads']}, rotary dim {info['rotary_dim']})",
-        f"native context   {info['native_context']:,} tokens",
-        f"max positions    {info['max_position_embeddings']:,}",
-        f"rope             {json.dumps(info['rope_parameters'], sort_keys=True)}",
-    ]
-    if info["longseq_extension"]:
-        lines.append(f"extension        {json.dumps(info['longseq_extension'], sort_keys=True)}")
-    lines.append("KV cache (bf16)  " + ", ".join(f"{k}: {_human(v)}" for k, v in info["kv_cache_bf16_bytes"].items()))
-    return "\n".join(lines)
-
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    info = model_info(args.model)
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
-    return 0
-
-
-def add_cli(sub: Any) -> None:
-    """Register ``longseq info``."""
-    p = sub.add_parser("info", help="architecture, parameters, context length, RoPE and KV-cache sizes of a model")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"alias, folder, .gguf or Hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_cmd_info)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UserError
+from longseq.core.errors import UserError
 
 
 def sample_positions(n: int, max_len: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -35,8 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
-from .fsutil import atomic_dir, atomic_write_text, read_jsonl
+from longseq.core.errors import UserError
+from longseq.core.fsutil import atomic_dir, atomic_write_text, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def synthetic_docs(n: int, max_tokens: int, seed: int) -> list[str]:
 
     Built with the eval task generators, so the model learns the very formats ``longseq eval`` asks.
     """
-    from .tasks import TASKS as EVAL_TASKS
+    from longseq.eval.tasks import TASKS as EVAL_TASKS
 
     rng = random.Random(seed)
     docs = []
@@ -160,7 +160,7 @@ def synthetic_docs(n: int, max_tokens: int, seed: int) -> list[str]:
 
 def build_data(out: Path, size: LabSize, seed: int) -> dict[str, str]:
     """Write ``data/pretrain.jsonl``, ``data/finetune.jsonl`` and the held-out ``data/heldout.txt``."""
-    from .tasks import haystack_text
+    from longseq.eval.tasks import haystack_text
 
     data = out / "data"
     paths = {k: str(data / f) for k, f in (("pretrain", "pretrain.jsonl"), ("finetune", "finetune.jsonl"),
@@ -189,7 +189,7 @@ def build_init(out: Path, size: LabSize, seed: int) -> str:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from .models import DEFAULT_MODEL, local_dir
+    from longseq.models.loading import DEFAULT_MODEL, local_dir
 
     tok = AutoTokenizer.from_pretrained(str(local_dir(DEFAULT_MODEL)))
     config = LlamaConfig(
@@ -271,7 +271,7 @@ def base_recipe(size: LabSize, seed: int) -> dict[str, Any]:
 def run_evaluation(out: Path, name: str, model: str, cells: list[tuple[str, int]], target: int | None,
                    size: LabSize, heldout: str, seed: int) -> dict[str, Any]:
     """``longseq eval`` (in process, resumable) on one model; returns its summary with perplexities."""
-    from .evaluate import EvalConfig, run_eval
+    from longseq.eval.run import EvalConfig, run_eval
 
     cfg = EvalConfig(model=model, out=str(out / "eval" / name), tasks=list(TASKS), cells=cells,
                      samples=size.eval_samples, seed=seed, prompt_format="raw", target_length=target,
@@ -314,7 +314,7 @@ def retrieval(summary: dict[str, Any]) -> dict[str, dict[int, float]]:
 def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[str, Any]:
     """Run (or resume) every stage; write ``summary.json``, ``report.md`` and plots; return the summary."""
     if size_name not in SIZES:
-        from .errors import unknown_choice
+        from longseq.core.errors import unknown_choice
 
         raise unknown_choice("lab size", size_name, SIZES)
     size = SIZES[size_name]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import UserError
+from longseq.core.errors import UserError
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES_SKIP = {".json", ".jsonl", ".gz", ".zip", ".bin", ".safetensors", ".pt", ".parquet"}

@@ -24,7 +24,7 @@ import ctypes.util
 import os
 import sys
 
-from .errors import unknown_choice
+from longseq.core.errors import unknown_choice
 
 M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 M_MMAP_MAX = -4

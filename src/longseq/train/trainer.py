@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, unknown_choice
-from .fsutil import append_jsonl, atomic_dir, atomic_write_text, read_jsonl
+from longseq.core.errors import UserError, unknown_choice
+from longseq.core.fsutil import append_jsonl, atomic_dir, atomic_write_text, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ def s2attn_group_size(cfg: TrainConfig) -> int:
 
 def validate(cfg: TrainConfig) -> None:
     """Check everything that needs no model weights; raise :class:`UserError` with the fix."""
-    from .rope import METHODS as ROPE_METHODS
+    from longseq.models.rope import METHODS as ROPE_METHODS
 
     if cfg.method not in METHODS:
         raise unknown_choice("training method", cfg.method, METHODS)
@@ -202,7 +202,7 @@ def _extra_trainable(model: Any) -> list[str]:
 
 def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
     """Load the model (fp32 master weights) and :func:`prepare_model` it; returns (model, tokenizer)."""
-    from .models import load_model
+    from longseq.models.loading import load_model
 
     model, tokenizer = load_model(cfg.model, dtype="float32")
     return prepare_model(model, cfg), tokenizer
@@ -219,7 +219,7 @@ def prepare_model(model: Any, cfg: TrainConfig) -> Any:
     import torch
 
     from . import s2attn
-    from .rope import apply_rope
+    from longseq.models.rope import apply_rope
 
     if cfg.rope != "none" or cfg.theta is not None:
         apply_rope(model, cfg.rope, factor=cfg.factor, target_length=cfg.target_length, theta=cfg.theta)
@@ -331,7 +331,7 @@ def _positions(cfg: TrainConfig, step: int, micro: int, rows: int, device: Any) 
     """Randomized position ids (Ruoss et al. 2023) from a generator keyed by (seed, step, micro-step)."""
     import torch
 
-    from .positions import sample_positions
+    from longseq.models.positions import sample_positions
 
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + micro)
     return torch.stack([sample_positions(cfg.seq_len, cfg.randomized_positions, generator=g) for _ in range(rows)]).to(device)
@@ -347,16 +347,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
 
     from transformers import AutoTokenizer
 
-    from .corpus import load_train_data
-    from .models import local_dir, pick_dtype
-    from .runtime import tune_process
+    from longseq.train.corpus import load_train_data
+    from longseq.models.loading import local_dir, pick_dtype
+    from longseq.core.runtime import tune_process
 
     tune_process()
 
     validate(cfg)
     if cfg.rope != "none" or cfg.theta is not None:  # factor/target/theta errors before any weights load
-        from .models import load_config
-        from .rope import extend_config
+        from longseq.models.loading import load_config
+        from longseq.models.rope import extend_config
 
         extend_config(load_config(cfg.model), cfg.rope, factor=cfg.factor, target_length=cfg.target_length,
                       theta=cfg.theta)
@@ -527,7 +527,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .parsing import parse_length
+    from longseq.core.parsing import parse_length
 
     if args.target_length is not None:
         args.target_length = parse_length(args.target_length)

@@ -14,14 +14,15 @@ plain transformers ignores that key, longseq reads the native length from it (ne
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError, unknown_choice
-from .parsing import parse_length
+from longseq.core.errors import UserError, unknown_choice
+from longseq.core.fsutil import atomic_dir
+from longseq.core.parsing import parse_length
+from longseq.models.loading import load_config, local_dir, pick_dtype
 
 ABF_DEFAULT_THETA = 500_000.0
 
@@ -125,6 +126,13 @@ def rope_llama3(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
     }
 
 
+def rope_dim(config: Any) -> int:
+    """Rotary dimension d = head_dim * partial_rotary_factor."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    factor = (config.rope_parameters or {}).get("partial_rotary_factor", 1.0)
+    return int(head_dim * factor)
+
+
 def native_context_length(config: Any) -> int:
     """The pre-training context L: recorded by longseq, else the rope's original length, else max positions."""
     ext = getattr(config, "longseq_extension", None)
@@ -202,8 +210,6 @@ def extend_config(config: Any, method: str, factor: float | None = None, target_
             f"the model already uses rope_type '{current}'; extend the original model instead of stacking methods"
         )
     ext = resolve_extension(method, native_context_length(config), factor, target_length, theta, **options)
-    from .models import rope_dim
-
     if ext.theta is not None and method != "abf":
         params["rope_theta"] = float(ext.theta)
     new = copy.deepcopy(config)
@@ -245,12 +251,7 @@ def extend_checkpoint(spec: str, out: str, method: str, factor: float | None = N
     """Write a Hugging Face checkpoint of ``spec`` with the extended RoPE (atomic: nothing half-written)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .fsutil import atomic_dir
-    from .models import load_config, local_dir, pick_dtype
-
     config = extend_config(load_config(spec), method, factor, target_length, theta, **options)
-    from pathlib import Path
-
     if Path(out).exists() and not overwrite:
         raise UserError(f"output folder {out} already exists; choose another --out or pass --overwrite")
     where = str(local_dir(spec))
@@ -262,34 +263,3 @@ def extend_checkpoint(spec: str, out: str, method: str, factor: float | None = N
     return {"out": str(out), "rope_parameters": config.rope_parameters,
             "max_position_embeddings": config.max_position_embeddings,
             "longseq_extension": getattr(config, "longseq_extension", None)}
-
-
-def _cmd_extend(args: argparse.Namespace) -> int:
-    opts = {"beta_fast": args.beta_fast, "beta_slow": args.beta_slow, "attention_factor": args.attention_factor,
-            "low_freq_factor": args.low_freq_factor, "high_freq_factor": args.high_freq_factor}
-    result = extend_checkpoint(args.model, args.out, args.method, args.factor, args.target_length, args.theta,
-                               dtype=args.dtype, overwrite=args.overwrite, **opts)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-def add_cli(sub: Any) -> None:
-    """Register ``longseq extend``."""
-    from .models import DEFAULT_MODEL, DTYPES
-
-    p = sub.add_parser("extend", help="write a checkpoint with an extended RoPE context (no training)",
-                       description="Methods: " + ", ".join(METHODS))
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="alias, folder, .gguf or Hub id")
-    p.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
-    p.add_argument("--factor", type=float, help="scale s = target / native length")
-    p.add_argument("--target-length", help="target context L' in tokens (e.g. 32768 or 32k); s = L'/L")
-    p.add_argument("--theta", type=float, help=f"new RoPE base (abf: default {ABF_DEFAULT_THETA:g})")
-    p.add_argument("--beta-fast", type=float, help="yarn: ramp start in turns (default 32)")
-    p.add_argument("--beta-slow", type=float, help="yarn: ramp end in turns (default 1)")
-    p.add_argument("--attention-factor", type=float, help="yarn: override sqrt(1/t) (default 0.1 ln s + 1)")
-    p.add_argument("--low-freq-factor", type=float, help="llama3: default 1")
-    p.add_argument("--high-freq-factor", type=float, help="llama3: default 4")
-    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype of the written checkpoint")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=_cmd_extend)

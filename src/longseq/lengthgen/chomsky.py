@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import unknown_choice
+from longseq.core.errors import unknown_choice
 
 Array = np.ndarray
 Sample = tuple[Array, Array, Array]

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UserError, unknown_choice
-from .positions import sample_positions
+from longseq.core.errors import UserError, unknown_choice
+from longseq.models.positions import sample_positions
 
 BASE_PES = ("none", "sin_cos", "learned", "rope", "relative", "alibi")
 PES = BASE_PES + tuple(f"randomized_{p}" for p in BASE_PES if p != "none")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Callable, Sequence
 
-from .errors import UserError, unknown_choice
+from longseq.core.errors import UserError, unknown_choice
 
 LENGTH_TOLERANCE = 0.02
 

@@ -1,0 +1,58 @@
+"""``longseq info`` and ``longseq extend``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from longseq.models.info import format_info, model_info
+from longseq.models.loading import DEFAULT_MODEL, DTYPES
+from longseq.models.rope import ABF_DEFAULT_THETA, METHODS, extend_checkpoint
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = model_info(args.model)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _cmd_extend(args: argparse.Namespace) -> int:
+    opts = {"beta_fast": args.beta_fast, "beta_slow": args.beta_slow, "attention_factor": args.attention_factor,
+            "low_freq_factor": args.low_freq_factor, "high_freq_factor": args.high_freq_factor}
+    result = extend_checkpoint(args.model, args.out, args.method, args.factor, args.target_length, args.theta,
+                               dtype=args.dtype, overwrite=args.overwrite, **opts)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_info(sub: Any) -> None:
+    p = sub.add_parser("info", help="architecture, parameters, context length, RoPE and KV-cache sizes of a model")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=f"alias, folder, .gguf or Hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_extend(sub: Any) -> None:
+    p = sub.add_parser("extend", help="write a checkpoint with an extended RoPE context (no training)",
+                       description="Methods: " + ", ".join(METHODS))
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="alias, folder, .gguf or Hub id")
+    p.add_argument("--method", required=True, help="one of: " + ", ".join(METHODS))
+    p.add_argument("--factor", type=float, help="scale s = target / native length")
+    p.add_argument("--target-length", help="target context L' in tokens (e.g. 32768 or 32k); s = L'/L")
+    p.add_argument("--theta", type=float, help=f"new RoPE base (abf: default {ABF_DEFAULT_THETA:g})")
+    p.add_argument("--beta-fast", type=float, help="yarn: ramp start in turns (default 32)")
+    p.add_argument("--beta-slow", type=float, help="yarn: ramp end in turns (default 1)")
+    p.add_argument("--attention-factor", type=float, help="yarn: override sqrt(1/t) (default 0.1 ln s + 1)")
+    p.add_argument("--low-freq-factor", type=float, help="llama3: default 1")
+    p.add_argument("--high-freq-factor", type=float, help="llama3: default 4")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype of the written checkpoint")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_cmd_extend)
+
+
+def add_cli(sub: Any) -> None:
+    """Register ``longseq info`` and ``longseq extend``."""
+    _add_info(sub)
+    _add_extend(sub)
