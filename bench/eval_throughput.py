@@ -5,8 +5,8 @@
 Compares, in one process and on the same random token ids:
   (a) plain transformers, fp32, one forward over the full sequence with all logits, no KV cache
       (what lm-evaluation-harness's HF backend and LongChat's eval do for a prompt);
-  engine: ``longseq.engine.HFEngine`` prefill (bf16 where native, chunked, decoder body without the LM
-      head, last-position logits only);
+  engine: the prefill of ``longseq.models.generation.LocalLM``, the engine of ``longseq eval`` (bf16 where
+      native, chunked, decoder body without the LM head, last-position logits only);
   (b) llama.cpp (llama-cpp-python) on the same GGUF file, when the package is importable.
 Prints tokens/s per length and the ratios engine / (a) and engine / (b). The best of ``--repeats``
 timings is kept (the machine may be shared).
@@ -39,9 +39,9 @@ def main() -> None:
     import torch
     from transformers import DynamicCache
 
-    from longseq.eval.engine import HFEngine
-    from longseq.models.loading import ALIASES, _alias_file, load_model
     from longseq.core.parsing import parse_lengths
+    from longseq.models.generation import LocalLM
+    from longseq.models.loading import ALIASES, _alias_file, load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     lengths = parse_lengths(args.lengths)
 
-    engine = HFEngine.load(args.model, chunk_size=args.chunk_size)
+    engine = LocalLM.load(args.model, chunk_size=args.chunk_size)
     base, _ = load_model(args.model, dtype="float32")
     print(f"model {args.model}; engine dtype {next(engine.model.parameters()).dtype}, chunk {args.chunk_size}; "
           f"baseline (a) float32 full forward; torch threads {torch.get_num_threads()}")

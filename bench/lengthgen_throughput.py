@@ -11,8 +11,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from longseq.lengthgen.chomsky import TASKS, get_task, sample_batch
-from longseq.lengthgen.run import make_protocol, _build_model, _tape
+from longseq.lengthgen.chomsky import CHOMSKY_TASKS, get_task, sample_batch
+from longseq.lengthgen.protocol import make_protocol
+from longseq.lengthgen.run import build_encoder, make_tape
 
 
 def rate(fn, batch: int, min_time: float = 0.3) -> float:
@@ -29,19 +30,19 @@ def main() -> None:
     ap.add_argument("--lengths", default="40,500")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--tasks", default=",".join(CHOMSKY_TASKS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     p = make_protocol(tasks=["parity_check"], pes=["rope"])
     print(f"{'task':30s} {'n':>4s} {'generator seq/s':>16s} {'train step seq/s':>17s} {'ratio':>7s}")
     for name in args.tasks.split(","):
         task = get_task(name)
-        model = _build_model(name, "randomized_rope", p, "cpu")
+        model = build_encoder(name, "randomized_rope", p, "cpu")
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         for n in (int(x) for x in args.lengths.split(",")):
             gen = rate(lambda: sample_batch(name, n, args.batch, seed=0), args.batch)
             x, y, m = sample_batch(name, n, args.batch, seed=0)
-            tape = _tape(x, y.shape[1], model.blank, "cpu")
+            tape = make_tape(x, y.shape[1], model.blank, "cpu")
             yt, mt = torch.from_numpy(y), torch.from_numpy(m)
 
             def step() -> None:

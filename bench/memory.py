@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from longseq.memory.stream import HashingEmbedder, MemoryStream, Ranking, _connect, ingest_file, load_embedder, token_counter
 from longseq.core.parsing import parse_csv
+from longseq.memory.embedders import HashingEmbedder, load_embedder
+from longseq.memory.ingest import ingest_file, token_counter
+from longseq.memory.store import MemoryStream, Ranking, connect
 
 DIM = 384
 
@@ -70,7 +72,7 @@ def bench_retrieval(n: int, queries: int, tmp: Path, rng: np.random.Generator) -
         brute.append(time.perf_counter() - t)
         recall.append(len({h.item.id for h in hits} & set((top + 1).tolist())) / 5)
     # sqlite-vec's float index on the same vectors
-    conn = _connect(tmp / f"f{n}.db")
+    conn = connect(tmp / f"f{n}.db")
     conn.execute(f"CREATE VIRTUAL TABLE v USING vec0(embedding float[{DIM}] distance_metric=cosine)")
     conn.execute("BEGIN")
     conn.executemany("INSERT INTO v(rowid, embedding) VALUES (?, ?)", ((i + 1, x[i].tobytes()) for i in range(n)))

@@ -46,7 +46,8 @@ def worker(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from longseq.models.loading import load_config, pick_dtype
-    from longseq.train.trainer import TrainConfig, prepare_model
+    from longseq.train.config import TrainConfig
+    from longseq.train.trainer import prepare_model
 
     n = spec["length"]
     config = load_config("smollm2-135m")

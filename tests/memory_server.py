@@ -1,9 +1,9 @@
 """A minimal OpenAI-compatible chat-completions server for tests (loopback only).
 
 It speaks the real wire protocol (``POST /v1/chat/completions``, ``GET /v1/models``) over HTTP, so the
-``openai`` client in :class:`longseq.scm.OpenAIChat` is exercised end to end; the answers come from any
-``complete(messages, max_tokens, stop) -> str`` callable, e.g. a :class:`longseq.scm.TransformersChat`.
-Test helper only: the project's user-facing server is ``longseq serve`` (evaluation issue).
+``openai`` client in :class:`longseq.memory.llm.OpenAIChat` is exercised end to end; the answers come from any
+``complete(messages, max_tokens, stop) -> str`` callable, e.g. a :class:`longseq.memory.llm.TransformersChat`.
+Test helper only: the project's user-facing server is ``longseq serve`` (:mod:`longseq.models.serve`).
 """
 
 from __future__ import annotations

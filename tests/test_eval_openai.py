@@ -15,7 +15,7 @@ from longseq.eval.run import EvalConfig, run_eval
 
 @pytest.fixture(scope="module")
 def server(tiny_llama):  # noqa: F811
-    from longseq.eval.serve import make_server
+    from longseq.models.serve import make_server
 
     srv = make_server(str(tiny_llama), port=0, dtype="float32", name="tiny")
     thread = threading.Thread(target=srv.serve_forever, daemon=True)

@@ -10,9 +10,11 @@ import pytest
 
 from eval_fixtures import smol_tokenizer, tiny_llama  # noqa: F401  (fixtures)
 from longseq.cli import main
-from longseq.eval.engine import HFEngine
 from longseq.core.errors import UserError
-from longseq.eval.run import EvalConfig, plan, run_eval
+from longseq.eval.engine import HFEngine
+from longseq.eval.plan import EvalConfig, plan
+from longseq.eval.run import run_eval
+from longseq.eval.tasks import EVAL_TASKS, EvalTask, PlannedSample
 
 
 def _cfg(model, out, **kw) -> EvalConfig:
@@ -187,7 +189,7 @@ def test_resume_from_another_folder_with_the_path_spelled_differently(tiny_llama
 
 def test_cli_quick_preset_plan():
     from longseq.cli import build_parser
-    from longseq.eval.run import config_from_args
+    from longseq.eval.cli import config_from_args
 
     args = build_parser().parse_args(["eval", "--preset", "quick"])
     cfg = config_from_args(args)
@@ -195,3 +197,62 @@ def test_cli_quick_preset_plan():
     assert cfg.cells == [("none", L) for L in (1024, 2048, 4096, 8192, 16384)] + [("yarn", 16384)]
     args = build_parser().parse_args(["eval", "--preset", "quick", "--methods", "none,pi", "--lengths", "2k"])
     assert config_from_args(args).cells == [("none", 2048), ("pi", 2048)]
+
+
+class _CountTask(EvalTask):
+    """A task the run loop has never heard of: three samples per cell, scored 0, 0.5, 1 without the model."""
+
+    name = "count"
+    description = "test task"
+    label = "count (custom)"
+    shown = "custom"
+
+    def plan(self, settings, method, length):
+        return [PlannedSample(method, self.name, "x", length, i) for i in range(3)]
+
+    def run(self, ctx, engine, sample):
+        return {"prompt_tokens": sample.length, "depth": None, "expected": sample.index, "output": str(sample.index),
+                "score": sample.index / 2}
+
+    def aggregate(self, records):
+        return {"custom": 10 + sum(r["score"] for r in records)}
+
+    def report_section(self, rows):
+        return ["## count section", "", *(f"{r['method']} {r['length']}: {r['custom']}" for r in rows), ""]
+
+
+def test_a_registered_task_runs_through_the_loop_summary_and_report(tiny_llama, tmp_path, monkeypatch, capsys):  # noqa: F811
+    monkeypatch.setitem(EVAL_TASKS, "count", _CountTask())
+    cfg = _cfg(tiny_llama, tmp_path / "run", tasks=["passkey", "count"], cells=[("none", 512)], samples=1)
+    summary = run_eval(cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["subtask"], r["index"], r["score"]) for r in records if r["task"] == "count"] == [
+        ("count", "x", 0, 0.0), ("count", "x", 1, 0.5), ("count", "x", 2, 1.0)]
+    passkey, count = summary["results"]
+    assert count["task"] == "count" and count["n"] == 3 and count["score"] == 0.5 and count["custom"] == 11.5
+    mean = (passkey["score"] + 0.5) / 2
+    assert summary["effective_length"] == {"none": 512 if mean >= cfg.threshold else 0}
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| count (custom) | 11.50 |" in report and f"| mean | {mean:.2f} |" in report
+    assert "## count section\n\nnone 512: 11.5\n" in report
+    assert "count (custom)  11.50" in capsys.readouterr().out
+    assert (tmp_path / "run" / "score_vs_length.png").stat().st_size > 500
+
+    # opting out of the effective length drops the task from the mean row and the effective length
+    monkeypatch.setattr(_CountTask, "in_effective_length", False)
+    again = run_eval(cfg, progress=False, quiet=True)
+    assert again["results"] == summary["results"]
+    assert again["effective_length"] == {"none": 512 if passkey["score"] >= cfg.threshold else 0}
+    assert f"| mean | {passkey['score']:.2f} |" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_generic_modules_name_no_task():
+    """The run loop, summary and report ask the task objects; only the tasks (and presets) name tasks."""
+    import inspect
+
+    from longseq.eval import report, run, summary
+
+    for module in (run, summary, report):
+        source = inspect.getsource(module)
+        for name in EVAL_TASKS:
+            assert f'"{name}"' not in source and f"'{name}'" not in source, (module.__name__, name)

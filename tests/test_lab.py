@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 
 import pytest
 
-import longseq.lab.run as lab
 from longseq.core.errors import UserError
 from longseq.core.fsutil import read_jsonl
+from longseq.lab.findings import FINDINGS
+from longseq.lab.presets import FACTORS, FINETUNES, SIZES
+from longseq.lab.report import report_markdown
+from longseq.lab.run import run_lab
+from longseq.lab.stages import perplexities
 
 
 def fake_summary(ppl: dict[str, dict[str, dict[int, float]]], costs: dict[str, dict] | None = None) -> dict:
@@ -25,7 +30,7 @@ def fake_summary(ppl: dict[str, dict[str, dict[int, float]]], costs: dict[str, d
 
 
 def verdict(key: str, s: dict) -> bool | None:
-    finding = next(f for f in lab.FINDINGS if f.key == key)
+    finding = next(f for f in FINDINGS if f.key == key)
     return finding.judge(s)[0]
 
 
@@ -42,7 +47,7 @@ def test_pi_verdict_follows_numbers():
 
 def test_yarn_ntk_verdict_needs_both_methods_at_both_factors():
     runs = {f"zero-shot-{f}x": {"pi": {256 * f: 50.0}, "yarn": {256 * f: 30.0}, "ntk": {256 * f: 40.0}, "none": {}}
-            for f in lab.FACTORS}
+            for f in FACTORS}
     s = fake_summary(runs)
     assert verdict("yarn_ntk", s) is True
     s["evals"]["zero-shot-8x"]["perplexity"]["ntk"]["2048"] = 60.0
@@ -69,9 +74,9 @@ def test_longlora_verdict_checks_quality_and_cost():
 def test_longlora_note_reports_the_measured_trainable_share():
     costs = {"ft-pi": {"trainable_parameters": 1000}, "ft-longlora": {"trainable_parameters": 940}}
     s = fake_summary({}, costs)
-    notes = next(f for f in lab.FINDINGS if f.key == "longlora").judge(s)[3]
+    notes = next(f for f in FINDINGS if f.key == "longlora").judge(s)[3]
     assert len(notes) == 1 and "trains 94% of this model's weights" in notes[0]
-    assert next(f for f in lab.FINDINGS if f.key == "longlora").judge(fake_summary({}))[3] == []
+    assert next(f for f in FINDINGS if f.key == "longlora").judge(fake_summary({}))[3] == []
 
 
 def test_randomized_and_abf_verdicts():
@@ -90,9 +95,9 @@ def test_report_says_when_no_model_retrieved_anything():
              settings={"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1, "pretrain_steps": 3,
                        "pretrain_batch": 2, "finetune_steps": 2, "finetune_batch": 1})
     s["evals"]["ft-pi"]["retrieval"] = {"none": {"256": 0.0, "1024": 0.0}}
-    assert "No model retrieved" in lab.report_markdown(s, [])
+    assert "No model retrieved" in report_markdown(s, [])
     s["evals"]["ft-pi"]["retrieval"]["none"]["1024"] = 0.5
-    assert "No model retrieved" not in lab.report_markdown(s, [])
+    assert "No model retrieved" not in report_markdown(s, [])
 
 
 def test_perplexity_is_token_weighted(tmp_path):
@@ -101,31 +106,38 @@ def test_perplexity_is_token_weighted(tmp_path):
             {"task": "ppl", "method": "none", "length": 64, "nll": 30.0, "scored_tokens": 10},
             {"task": "passkey", "method": "none", "length": 64, "score": 1.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert lab.perplexities(path) == {"none": {64: pytest.approx(2.718281828 ** 2)}}
+    assert perplexities(path) == {"none": {64: pytest.approx(2.718281828 ** 2)}}
 
 
 def test_lab_folder_of_other_settings_is_refused(tmp_path):
     (tmp_path / "lab.json").write_text(json.dumps({"size": "quick", "settings": {}, "seed": 0}))
-    with pytest.raises(UserError, match="other settings"):
-        lab.run_lab(tmp_path, "test")
+    with pytest.raises(UserError, match="holds a lab run with a different size"):
+        run_lab(tmp_path, "test")
+    assert json.loads((tmp_path / "lab.json").read_text())["size"] == "quick"  # the marker is left as it was
+    # the whole marker must match: one that lacks a setting is refused, not taken over
+    mine = {"size": "test", "settings": dataclasses.asdict(SIZES["test"]), "seed": 0}
+    for partial in ({"size": "test", "seed": 0}, {**mine, "extra": 1}):
+        (tmp_path / "lab.json").write_text(json.dumps(partial))
+        with pytest.raises(UserError, match="holds a lab run with a different"):
+            run_lab(tmp_path, "test")
     with pytest.raises(UserError, match="unknown lab size"):
-        lab.run_lab(tmp_path / "x", "huge")
+        run_lab(tmp_path / "x", "huge")
 
 
 @pytest.mark.slow
 def test_lab_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "lab"
-    summary = lab.run_lab(out, "test")
+    summary = run_lab(out, "test")
     report = (out / "report.md").read_text()
     assert json.loads((out / "summary.json").read_text())["findings"] == summary["findings"]
-    assert [f["key"] for f in summary["findings"]] == [f.key for f in lab.FINDINGS]
+    assert [f["key"] for f in summary["findings"]] == [f.key for f in FINDINGS]
     for f in summary["findings"]:
         assert f["verdict"] in ("reproduced", "not reproduced")  # every number was measured
         assert f"## {f['title']}" in report and f"**{f['verdict']}**" in report
         # the verdict in the file is what the judge says about the file's own numbers
-        ok = next(x for x in lab.FINDINGS if x.key == f["key"]).judge(summary)[0]
+        ok = next(x for x in FINDINGS if x.key == f["key"]).judge(summary)[0]
         assert f["verdict"] == ("reproduced" if ok else "not reproduced")
-    for run in ["pretrain-std", "pretrain-rand", *(ft.name for ft in lab.FINETUNES)]:
+    for run in ["pretrain-std", "pretrain-rand", *(ft.name for ft in FINETUNES)]:
         assert (out / run / "model" / "config.json").is_file()
         assert summary["costs"][run]["peak_rss_mb"] > 0
         assert summary["costs"][run]["allocator"] == ("tuned" if run.startswith("pretrain") else "glibc default")
@@ -134,7 +146,7 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     assert (out / "perplexity.png").stat().st_size > 1000
     assert "*Note*: LongLoRA trains" in report  # computed from the arms' trainable parameter counts
     # a second run reuses every cached stage and reproduces the same numbers
-    again = lab.run_lab(out, "test")
+    again = run_lab(out, "test")
     assert again["evals"] == summary["evals"] and again["costs"] == summary["costs"]
     assert again["seconds"] >= summary["seconds"]  # the wall time of every invocation adds up
     # an arm interrupted before its first checkpoint (run.json and a partial metrics file, no checkpoint) reruns
@@ -144,7 +156,7 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     (out / "costs" / "ft-lora.json").unlink()
     (arm / "metrics.jsonl").write_text((arm / "metrics.jsonl").read_text().splitlines()[0] + "\n")
     assert (arm / "run.json").is_file()
-    third = lab.run_lab(out, "test")
+    third = run_lab(out, "test")
     assert (arm / "model" / "config.json").is_file()
-    assert [r["step"] for r in read_jsonl(arm / "metrics.jsonl")] == list(range(1, lab.SIZES["test"].finetune_steps + 1))
+    assert [r["step"] for r in read_jsonl(arm / "metrics.jsonl")] == list(range(1, SIZES["test"].finetune_steps + 1))
     assert third["evals"] == summary["evals"]

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from longseq.core.errors import UserError
-from longseq.lengthgen.randpe import PES, Attention, Encoder, ModelConfig, alibi_bias, alibi_slopes, rotate, sinusoid, split_pe
+from longseq.lengthgen.protocol import PES, split_pe
+from longseq.lengthgen.randpe import Attention, Encoder, ModelConfig, alibi_bias, alibi_slopes, rotate, sinusoid
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from longseq.lengthgen.chomsky import TASKS, get_task, sample_batch
+from longseq.lengthgen.chomsky import CHOMSKY_TASKS, get_task, sample_batch
 from longseq.core.errors import UserError
 
 MAX = 500  # the paper's longest test length
@@ -79,7 +79,7 @@ def solve(task: str, x: list[int]) -> tuple[list[int], list[bool]]:
     raise KeyError(task)
 
 
-SOLVABLE = [t for t in TASKS if t not in ("solve_equation", "missing_duplicate")]
+SOLVABLE = [t for t in CHOMSKY_TASKS if t not in ("solve_equation", "missing_duplicate")]
 
 
 def rows_with(task: str, n: int, x: list[int], batch: int = 2**16) -> list[tuple[list[int], list[bool]]]:
@@ -212,7 +212,7 @@ VOCAB = {"even_pairs": (2, 2), "modular_arithmetic": (9, 5), "parity_check": (2,
          "binary_addition": (3, 3), "binary_multiplication": (3, 3), "compute_sqrt": (2, 2), "bucket_sort": (5, 5)}
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", list(CHOMSKY_TASKS))
 def test_output_length_rules_and_vocabulary(task):
     t = get_task(task)
     assert (t.input_size, t.output_size) == VOCAB[task]
@@ -225,7 +225,7 @@ def test_output_length_rules_and_vocabulary(task):
         assert y.min() >= 0 and y.max() < t.output_size and m[:, 0].all()
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", list(CHOMSKY_TASKS))
 def test_determinism(task):
     a = sample_batch(task, 30, 16, seed=5)
     b = sample_batch(task, 30, 16, seed=5)

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from longseq import cli
-from longseq.lengthgen.run import PRESETS, Protocol, evaluate_model, make_protocol, parse_length_spec, render_report, run_key, summarize, train_model
+from longseq.lengthgen.protocol import PRESETS, Protocol, make_protocol, parse_length_spec, run_key
+from longseq.lengthgen.report import render_report, summarize
+from longseq.lengthgen.run import evaluate_model, train_encoder
 from longseq.core.errors import UserError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -33,9 +35,9 @@ def one_thread():
 def test_short_training_run_learns_even_pairs():
     p = make_protocol(tasks=["even_pairs"], pes=["rope"], train_lengths=[1, 2, 3, 4, 5], test_lengths=[5],
                       steps=400, batch_size=32, eval_samples=256, max_len=64, dropout=0.0, n_layers=2, d_ff=128)
-    before = evaluate_model(train_model("even_pairs", "rope", 0, 2e-3, replace(p, steps=1), progress=False)[0],
+    before = evaluate_model(train_encoder("even_pairs", "rope", 0, 2e-3, replace(p, steps=1), progress=False)[0],
                             "even_pairs", [3, 4, 5], p, progress=False)
-    model, stats = train_model("even_pairs", "rope", 0, 2e-3, p, progress=False)
+    model, stats = train_encoder("even_pairs", "rope", 0, 2e-3, p, progress=False)
     after = evaluate_model(model, "even_pairs", [1, 2, 3, 4, 5], p, progress=False)
     assert min(before.values()) < 0.8  # an untrained model is near chance on lengths >= 3
     # per-sequence accuracy on the training lengths (chance is 0.5); seeds 0, 3, 4 all reach 100% here
@@ -142,7 +144,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
 def test_evaluation_is_reproducible_and_leaves_global_rng_alone():
     p = make_protocol(tasks=["reverse_string"], pes=["randomized_rope"], train_lengths=[1, 2], test_lengths=[6],
                       steps=2, batch_size=4, eval_samples=16, max_len=64, n_layers=1)
-    model, _ = train_model("reverse_string", "randomized_rope", 0, 1e-3, p, progress=False)
+    model, _ = train_encoder("reverse_string", "randomized_rope", 0, 1e-3, p, progress=False)
     logits = []
     model.register_forward_hook(lambda mod, args, out: logits.append(out.detach().clone()))
     torch.manual_seed(5)

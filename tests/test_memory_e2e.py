@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from longseq.memory.stream import MemoryStream, load_embedder
+from longseq.memory.agent import SCMAgent
+from longseq.memory.embedders import load_embedder
 from longseq.memory.llm import OpenAIChat, TransformersChat
-from longseq.memory.scm import SCMAgent
+from longseq.memory.store import MemoryStream
 
 pytestmark = pytest.mark.slow
 

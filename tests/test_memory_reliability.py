@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import longseq.memory.stream as mem
+from longseq.memory.ingest import check_input, text_blocks, token_counter
+from longseq.memory.store import connect
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -42,12 +43,12 @@ def _write_doc(path: Path, sentences: int, seed: int) -> Path:
 
 
 def _expected_blocks(path: Path) -> int:
-    count = mem.token_counter("smollm2-135m")
-    return sum(1 for _ in mem.text_blocks(path, count, 48))
+    count = token_counter("smollm2-135m")
+    return sum(1 for _ in text_blocks(path, count, 48))
 
 
 def _check_db(db: Path, expected: dict[str, int]) -> None:
-    conn = mem._connect(db)
+    conn = connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         keys = [k for (k,) in conn.execute("SELECT key FROM items")]
@@ -67,7 +68,7 @@ def _check_db(db: Path, expected: dict[str, int]) -> None:
 def test_sigkill_mid_ingest_then_rerun(tmp_path):
     doc = _write_doc(tmp_path / "doc.txt", 12000, seed=1)
     n = _expected_blocks(doc)
-    sha = mem.check_input(doc)[:32]
+    sha = check_input(doc)[:32]
     db = tmp_path / "kill.db"
     proc = subprocess.Popen(_ingest_cmd(db, doc), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stored = 0
@@ -76,7 +77,7 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path):
         time.sleep(0.02)
         if db.exists():
             try:
-                conn = mem._connect(db)
+                conn = connect(db)
                 stored = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
                 conn.close()
             except Exception:  # schema not there yet
@@ -86,7 +87,7 @@ def test_sigkill_mid_ingest_then_rerun(tmp_path):
     assert proc.poll() is None, "ingest finished before it could be killed; make the document longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    conn = mem._connect(db)
+    conn = connect(db)
     at_kill = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
     done = conn.execute("SELECT done FROM sources").fetchone()[0]
     conn.close()
@@ -108,7 +109,7 @@ def test_two_writers_never_corrupt(tmp_path):
     for p in (p1, p2):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
-    _check_db(db, {mem.check_input(a)[:32]: _expected_blocks(a), mem.check_input(b)[:32]: _expected_blocks(b)})
+    _check_db(db, {check_input(a)[:32]: _expected_blocks(a), check_input(b)[:32]: _expected_blocks(b)})
 
 
 def test_cli_bad_inputs_one_line_exit_2(tmp_path):
@@ -158,7 +159,7 @@ def test_100mb_file_is_streamed_in_bounded_memory(tmp_path):
             fh.write(para)
     # peak RSS from VmHWM (ru_maxrss would report the forking pytest process's peak on Linux)
     code = (
-        "import re, sys; from pathlib import Path; import longseq.memory.stream as m\n"
+        "import re, sys; from pathlib import Path; import longseq.memory.ingest as m\n"
         "m.check_input(sys.argv[1])\n"
         "n = sum(1 for _ in m.text_blocks(Path(sys.argv[1]), lambda s: len(s.split()), 256))\n"
         "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"

@@ -11,9 +11,11 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from longseq.memory.stream import HashingEmbedder, Item, MemoryStream, Ranking
-from longseq.memory.scm import ControllerConfig, MemoryController, SCMAgent, assemble, parse_choice, render
-from longseq.memory.llm import _TokenizerMixin
+from longseq.memory.agent import SCMAgent, assemble, render_agent_prompt
+from longseq.memory.controller import ControllerConfig, MemoryController, parse_choice
+from longseq.memory.embedders import HashingEmbedder
+from longseq.memory.store import MemoryItem, MemoryStream, Ranking
+from longseq.models.generation import TokenCounter
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(local_dir("smollm2-135m")))
 
 
-class ScriptedChat(_TokenizerMixin):
+class ScriptedChat(TokenCounter):
     """A chat backend whose answers come from a function; token counts are the real template's."""
 
     def __init__(self, tokenizer, context_length: int, answer: Callable[[list[dict]], str]) -> None:
@@ -60,8 +62,8 @@ def test_parse_choice_messy(text, value, rule):
     assert (c.value, c.rule) == (value, rule)
 
 
-def _item(i: int, text: str, tok: Callable[[str], int], summary: str | None = None) -> Item:
-    return Item(i, f"k{i}", "turn", text, summary, tok(text), tok(summary) if summary else None, None, 0.0, i)
+def _item(i: int, text: str, tok: Callable[[str], int], summary: str | None = None) -> MemoryItem:
+    return MemoryItem(i, f"k{i}", "turn", text, summary, tok(text), tok(summary) if summary else None, None, 0.0, i)
 
 
 def test_assemble_never_exceeds_budget_and_is_greedy(tokenizer):
@@ -91,7 +93,7 @@ def test_assemble_never_exceeds_budget_and_is_greedy(tokenizer):
                 continue
             for text in (it.text, it.summary):
                 if text:
-                    trial_msgs = render(
+                    trial_msgs = render_agent_prompt(
                         "" if not p.messages[0]["content"].startswith("You are") else p.messages[0]["content"].split("\n\n")[0],
                         chosen + [(it, text)], flash_part, p.messages[1]["content"])
                     assert llm.count_messages(trial_msgs) > budget
@@ -218,7 +220,7 @@ def test_make_session_is_deterministic():
 
 
 def test_summarize_document_hierarchy_and_resume(tokenizer, tmp_path):
-    from longseq.memory.scm import summarize_document
+    from longseq.memory.documents import summarize_document
 
     doc = tmp_path / "book.txt"
     doc.write_text(" ".join(f"Chapter {i} tells how the hero visits town number {i} and meets a friend." for i in range(60)))

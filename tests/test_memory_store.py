@@ -11,9 +11,11 @@ import json
 import numpy as np
 import pytest
 
-import longseq.memory.stream as mem
+import longseq.memory.index as index
+import longseq.memory.ingest as ingest
 from longseq.core.errors import UserError
-from longseq.memory.stream import HashingEmbedder, MemoryStream, Ranking
+from longseq.memory.embedders import HashingEmbedder
+from longseq.memory.store import MemoryStream, Ranking, open_stream, recorded_embedder
 
 
 class TableEmbedder:
@@ -65,11 +67,11 @@ def test_touch_restarts_recency(tmp_path):
     assert s.search("q", k=1)[0].item.text == "old"
 
 
-@pytest.mark.parametrize("mirror_from", [mem.MIRROR_FROM, 0])
+@pytest.mark.parametrize("mirror_from", [index.MIRROR_FROM, 0])
 def test_search_matches_brute_force(tmp_path, monkeypatch, mirror_from):
     """Bit-index candidates (sqlite-vec, or the in-RAM mirror) + exact re-scoring give the same top-k as
     numpy over every item."""
-    monkeypatch.setattr(mem, "MIRROR_FROM", mirror_from)
+    monkeypatch.setattr(index, "MIRROR_FROM", mirror_from)
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((40, 64))
     x = centers[rng.integers(0, 40, 3000)] + 0.5 * rng.standard_normal((3000, 64))
@@ -90,7 +92,7 @@ def test_search_matches_brute_force(tmp_path, monkeypatch, mirror_from):
     if mirror_from == 0:  # the mirror sees items added later (e.g. by another process)
         s.add(["late"], ["late"], [1], embeddings=x[:1])
         assert s.search(x[0], k=2, ranking=Ranking(0.0))[0].item.id in (1, 3001)
-        assert len(s._mirror[0]) == 3001
+        assert len(s.index.mirror_ids) == 3001
 
 
 def test_add_is_idempotent_and_keeps_order(tmp_path):
@@ -108,8 +110,8 @@ def test_other_embedding_model_is_refused(tmp_path):
     with pytest.raises(UserError, match="built with embedding model hash-384"):
         MemoryStream(db, HashingEmbedder(128))
     with pytest.raises(UserError, match="hash-384"):
-        mem.open_stream(str(db), "all-minilm-l6-v2")
-    assert mem.recorded_embedder(str(db)) == "hash-384"
+        open_stream(str(db), "all-minilm-l6-v2")
+    assert recorded_embedder(str(db)) == "hash-384"
 
 
 def test_not_a_database(tmp_path):
@@ -128,7 +130,7 @@ def test_bad_inputs(tmp_path, content, match):
     p = tmp_path / "in.txt"
     p.write_bytes(content)
     with pytest.raises(UserError, match=match):
-        mem.check_input(p)
+        ingest.check_input(p)
 
 
 def test_blocks_do_not_depend_on_read_size(tmp_path, monkeypatch):
@@ -140,9 +142,9 @@ def test_blocks_do_not_depend_on_read_size(tmp_path, monkeypatch):
     p = tmp_path / "doc.txt"
     p.write_text(text)
     count = lambda t: len(t.split())  # noqa: E731
-    ref = list(mem.text_blocks(p, count, 50))
-    monkeypatch.setattr(mem, "READ_CHARS", 997)
-    assert list(mem.text_blocks(p, count, 50)) == ref
+    ref = list(ingest.text_blocks(p, count, 50))
+    monkeypatch.setattr(ingest, "READ_CHARS", 997)
+    assert list(ingest.text_blocks(p, count, 50)) == ref
     assert all(n <= 50 for _, n in ref)
     assert "".join(b for b, _ in ref).replace(" ", "") == text.replace(" ", "")
 
@@ -152,11 +154,11 @@ def test_conversation_turns_and_errors(tmp_path):
     rows = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi, I am Ann"},
             {"role": "assistant", "content": "hello Ann"}, {"role": "user", "content": "bye"}]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    turns = [t for t, _ in mem.conversation_turns(p)]
+    turns = [t for t, _ in ingest.conversation_turns(p)]
     assert turns == ["System: be nice\nUser: hi, I am Ann\nAssistant: hello Ann", "User: bye"]
     p.write_text('{"role": "user", "content": "ok"}\n{"role": "bot", "content": 1}\n')
     with pytest.raises(UserError, match="c.jsonl:2"):
-        list(mem.conversation_turns(p))
+        list(ingest.conversation_turns(p))
 
 
 def test_ingest_text_resumes_without_duplicates(tmp_path):
@@ -164,9 +166,9 @@ def test_ingest_text_resumes_without_duplicates(tmp_path):
     p.write_text(" ".join(f"Sentence number {i} is here." for i in range(400)))
     count = lambda t: len(t.split())  # noqa: E731
     s = MemoryStream(tmp_path / "d.db", HashingEmbedder())
-    first = mem.ingest_file(s, p, count, block_tokens=40, batch_size=7, progress=False)
+    first = ingest.ingest_file(s, p, count, block_tokens=40, batch_size=7, progress=False)
     n = len(s)
-    again = mem.ingest_file(s, p, count, block_tokens=40, batch_size=7, progress=False)
+    again = ingest.ingest_file(s, p, count, block_tokens=40, batch_size=7, progress=False)
     assert first["added"] == n == first["items"] and again["added"] == 0
     stats = s.stats()
     assert stats["blocks"] == n and stats["sources_done"] == 1 and stats["embedding_model"] == "hash-384"

@@ -16,7 +16,8 @@ import torch
 
 from train_helpers import ROOT, TEXT, losses, make_tiny_llama, run_cli
 
-from longseq.train.trainer import TrainConfig, train
+from longseq.train.config import TrainConfig
+from longseq.train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +213,7 @@ def test_packing_joins_documents_with_eos(tiny, tmp_path):
 def test_recipes_are_valid():
     import yaml
 
-    from longseq.train.trainer import TrainConfig, load_recipe, validate
+    from longseq.train.config import load_recipe, validate
 
     recipes = sorted((ROOT / "configs").glob("*.yaml"))
     assert len(recipes) >= 3

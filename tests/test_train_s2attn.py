@@ -166,7 +166,7 @@ def test_registered_in_transformers_and_full_attention_in_eval():
 
 def test_package_exports():
     import longseq
-    from longseq.train import trainer
+    from longseq.train import config, trainer
 
     assert longseq.shifted_sparse_attention is shifted_sparse_attention
-    assert longseq.train_model is trainer.train and longseq.TrainConfig is trainer.TrainConfig
+    assert longseq.train_model is trainer.train and longseq.TrainConfig is config.TrainConfig

@@ -1,7 +1,7 @@
 """The ``longseq`` console script.
 
-Each concept module that offers a command exposes ``add_cli(subparsers)``; :data:`COMMAND_MODULES`
-lists them in the order ``--help`` shows them. Heavy imports (torch, transformers) happen inside the
+Each capability's ``cli.py`` exposes ``add_cli(subparsers)``; :data:`COMMAND_MODULES` lists them (as
+``module`` or ``module:function``) in the order ``--help`` shows them. Heavy imports (torch, transformers) happen inside the
 command functions so that ``longseq --help`` stays instant.
 """
 
@@ -18,6 +18,7 @@ from longseq.core.runtime import tune_process
 COMMAND_MODULES: tuple[str, ...] = (
     "longseq.models.cli",
     "longseq.eval.cli",
+    "longseq.models.cli:add_serve_cli",
     "longseq.train.cli",
     "longseq.lengthgen.cli",
     "longseq.memory.cli",
@@ -40,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_cli(sub)
+    for entry in COMMAND_MODULES:
+        module, _, function = entry.partition(":")
+        getattr(importlib.import_module(module), function or "add_cli")(sub)
     return parser
 
 

@@ -325,7 +325,7 @@ def _compute_sqrt(rng: np.random.Generator, b: int, n: int) -> Sample:
 
 # ------------------------------------------------------------------------------------- registry
 
-TASKS: dict[str, Task] = {
+CHOMSKY_TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("even_pairs", "R", 2, 2, lambda n: 1, _even_pairs),
@@ -349,9 +349,9 @@ TASKS: dict[str, Task] = {
 
 def get_task(name: str) -> Task:
     """Look a task up by name (one-line error with a suggestion otherwise)."""
-    if name not in TASKS:
-        raise unknown_choice("task", name, TASKS)
-    return TASKS[name]
+    if name not in CHOMSKY_TASKS:
+        raise unknown_choice("task", name, CHOMSKY_TASKS)
+    return CHOMSKY_TASKS[name]
 
 
 def task_rng(name: str, n: int, seed: int) -> np.random.Generator:

@@ -8,9 +8,10 @@ sqrt(d), no biases in q/k/v/o, ReLU FFN, dropout 0.1 (only in training: the refe
 evaluation, a defect we do not copy), linear read-out. Shapes: B batch, T tape length, H heads, D width,
 Dh = D / H head width.
 
-Positional encodings (``PES``): ``none``, ``sin_cos``, ``learned``, ``rope``, ``relative``
-(Transformer-XL), ``alibi`` and ``randomized_<pe>`` for each but ``none``. A randomized PE replaces the
-positions 0..T-1 with :func:`longseq.positions.sample_positions` (an ordered random subset of [0, L)),
+Positional encodings (``PES``, named in :mod:`longseq.lengthgen.protocol` so that validation needs no
+torch): ``none``, ``sin_cos``, ``learned``, ``rope``, ``relative`` (Transformer-XL), ``alibi`` and
+``randomized_<pe>`` for each but ``none``. A randomized PE replaces the positions 0..T-1 with
+:func:`longseq.models.positions.sample_positions` (an ordered random subset of [0, L)),
 drawn anew at every forward pass, in training and evaluation alike. As in the reference, absolute PEs draw
 once per forward pass and the attention-level PEs (rope, relative, alibi) draw once per layer; set
 ``ModelConfig.resample="forward"`` to share one draw across layers. All sequences of a batch share a draw.
@@ -30,20 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from longseq.core.errors import UserError, unknown_choice
+from longseq.lengthgen.protocol import ABSOLUTE, PES, split_pe  # noqa: F401 (PES: part of this API)
 from longseq.models.positions import sample_positions
-
-BASE_PES = ("none", "sin_cos", "learned", "rope", "relative", "alibi")
-PES = BASE_PES + tuple(f"randomized_{p}" for p in BASE_PES if p != "none")
-ABSOLUTE = ("sin_cos", "learned")
-
-
-def split_pe(pe: str) -> tuple[str, bool]:
-    """``"randomized_rope"`` -> ``("rope", True)``; unknown names raise a one-line error."""
-    if pe not in PES:
-        raise unknown_choice("positional encoding", pe, PES)
-    if pe.startswith("randomized_"):
-        return pe[len("randomized_"):], True
-    return pe, False
 
 
 @dataclass

@@ -16,7 +16,6 @@ a probe's evidence turns present in the prompt), and accuracy split by single-ho
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -24,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from longseq.core.errors import UserError
+from longseq.core.errors import unknown_choice
+from longseq.core.fsutil import atomic_write_text
+from longseq.core.parsing import parse_csv
+from longseq.core.tables import md_table
+from longseq.memory.agent import SCMAgent
+from longseq.memory.embedders import Embedder
+from longseq.memory.llm import ChatLLM
+from longseq.memory.store import MemoryStream
 
 PETS = ["Biscuit", "Pepper", "Mochi", "Juniper", "Waffles", "Nimbus", "Clementine", "Pickles"]
 ANIMALS = ["dog", "cat", "parrot", "rabbit", "tortoise", "hamster"]
@@ -68,6 +74,8 @@ class Probe:
 
 @dataclass
 class Session:
+    """One generated dialogue: (user, assistant) turns, then the probes asked after it."""
+
     turns: list[tuple[str, str]]
     probes: list[Probe] = field(default_factory=list)
 
@@ -124,13 +132,19 @@ def make_session(seed: int, chatter_turns: int = 36) -> Session:
 SYSTEMS = ("no-memory", "full-history", "no-controller", "scm")
 
 
-def run_bench(llm: Any, embedder: Any, sessions: int = 4, seed: int = 0, k: int = 4, max_new_tokens: int = 32,
+def parse_systems(text: str | None) -> list[str]:
+    """Comma list of :data:`SYSTEMS` (empty: all of them); an unknown name is a :class:`UserError`."""
+    systems = parse_csv(text) or list(SYSTEMS)
+    bad = [s for s in systems if s not in SYSTEMS]
+    if bad:
+        raise unknown_choice("system", bad[0], SYSTEMS)
+    return systems
+
+
+def run_bench(llm: ChatLLM, embedder: Embedder, sessions: int = 4, seed: int = 0, k: int = 4, max_new_tokens: int = 32,
               systems: Sequence[str] = SYSTEMS, chatter_turns: int = 36, progress: bool = True) -> dict[str, Any]:
     """Run every system on every probe; return per-system metrics and per-probe records."""
     from tqdm import tqdm
-
-    from longseq.memory.stream import MemoryStream
-    from longseq.memory.scm import SCMAgent
 
     records: list[dict[str, Any]] = []
     dialogue_tokens = []
@@ -180,12 +194,14 @@ def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, 
     return out
 
 
+REPORT_HEADER = ("system", "answer acc.", "retrieval recall", "single-hop acc.", "multi-hop acc.",
+                 "max prompt / budget", "gate said no")
+
+
 def report_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
-    rows = ["| system | answer acc. | retrieval recall | single-hop acc. | multi-hop acc. | max prompt / budget | gate said no |",
-            "|---|---|---|---|---|---|---|"]
-    for system, m in result["summary"].items():
-        rows.append(f"| {system} | {m['accuracy']:.1f} | {m['recall']:.1f} | {m['single_acc']:.1f} | "
-                    f"{m['multi_acc']:.1f} | {m['max_prompt_tokens']} / {m['budget']} | {m['gate_skipped']} |")
+    """``report.md``: the run's settings, the protocol, and one table row per system."""
+    rows = [(system, f"{m['accuracy']:.1f}", f"{m['recall']:.1f}", f"{m['single_acc']:.1f}", f"{m['multi_acc']:.1f}",
+             f"{m['max_prompt_tokens']} / {m['budget']}", m["gate_skipped"]) for system, m in result["summary"].items()]
     toks = result["dialogue_tokens"]
     head = [
         "# longseq memory bench",
@@ -198,53 +214,14 @@ def report_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         "answer; recall = share of evidence turns present in the prompt (activation + flash memory).",
         "",
     ]
-    return "\n".join(head + rows) + "\n"
+    return "\n".join(head) + "\n" + md_table(REPORT_HEADER, rows) + "\n"
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from longseq.core.fsutil import atomic_write_text
-    from longseq.memory.stream import load_embedder
-    from longseq.core.parsing import parse_csv
-    from longseq.memory.llm import load_llm
-
-    systems = parse_csv(args.systems) or list(SYSTEMS)
-    bad = [s for s in systems if s not in SYSTEMS]
-    if bad:
-        from longseq.core.errors import unknown_choice
-
-        raise unknown_choice("system", bad[0], SYSTEMS)
-    if args.sessions <= 0:
-        raise UserError("--sessions must be positive")
-    llm = load_llm(args.model, args.base_url, args.api_model, args.context_length, args.api_key)
-    embedder = load_embedder(args.embedder)
-    result = run_bench(llm, embedder, sessions=args.sessions, seed=args.seed, k=args.k,
-                       max_new_tokens=args.max_new_tokens, systems=systems, chatter_turns=args.chatter_turns)
-    meta = {"model": args.api_model or args.model, "context_length": llm.context_length, "k": args.k,
-            "sessions": args.sessions, "seed": args.seed, "embedder": embedder.name}
-    out = Path(args.out)
+def save_report(out: str | Path, result: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Write ``report.md`` and ``results.json`` (meta + every record) into ``out``; return the report."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = report_markdown(result, meta)
     atomic_write_text(out / "report.md", report)
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, **result}, indent=1, ensure_ascii=False))
-    print(report)
-    return 0
-
-
-def add_bench_cli(msub: Any) -> None:
-    """Register ``longseq memory bench``."""
-    q = msub.add_parser("bench", help="SCM Table-2 protocol on a synthetic long-dialogue set -> report.md")
-    q.add_argument("--model", default="smollm2-135m")
-    q.add_argument("--base-url")
-    q.add_argument("--api-model")
-    q.add_argument("--api-key")
-    q.add_argument("--context-length", type=int, default=1024,
-                   help="window to budget for (default 1024, so that each dialogue is longer than the window)")
-    q.add_argument("--embedder", default="all-minilm-l6-v2")
-    q.add_argument("--sessions", type=int, default=4)
-    q.add_argument("--chatter-turns", type=int, default=36)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("-k", type=int, default=4)
-    q.add_argument("--max-new-tokens", type=int, default=32)
-    q.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of: {', '.join(SYSTEMS)}")
-    q.add_argument("--out", default="runs/memory-bench", help="folder for report.md and results.json")
-    q.set_defaults(func=_cmd_bench)
+    return report

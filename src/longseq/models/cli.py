@@ -1,4 +1,4 @@
-"""``longseq info`` and ``longseq extend``."""
+"""``longseq info``, ``longseq extend`` and ``longseq serve``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import json
 from typing import Any
 
+from longseq.core.parsing import parse_length
 from longseq.models.info import format_info, model_info
 from longseq.models.loading import DEFAULT_MODEL, DTYPES
 from longseq.models.rope import ABF_DEFAULT_THETA, METHODS, extend_checkpoint
+from longseq.models.serve import make_server
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -23,6 +25,20 @@ def _cmd_extend(args: argparse.Namespace) -> int:
     result = extend_checkpoint(args.model, args.out, args.method, args.factor, args.target_length, args.theta,
                                dtype=args.dtype, overwrite=args.overwrite, **opts)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    server = make_server(args.model, args.host, args.port, args.method,
+                         parse_length(args.target_length) if args.target_length else None, args.dtype,
+                         args.chunk_size, parse_length(args.max_length) if args.max_length else None, args.name)
+    print(f"longseq serve: {args.model} ({args.method}) on {server.url}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -56,3 +72,18 @@ def add_cli(sub: Any) -> None:
     """Register ``longseq info`` and ``longseq extend``."""
     _add_info(sub)
     _add_extend(sub)
+
+
+def add_serve_cli(sub: Any) -> None:
+    """Register ``longseq serve`` (separate from :func:`add_cli` so that ``--help`` lists it after ``eval``)."""
+    p = sub.add_parser("serve", help="OpenAI-compatible completions/chat server on a local model (greedy)")
+    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="alias, folder, .gguf or Hub id")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--method", default="none", help="RoPE method applied at load (see longseq extend)")
+    p.add_argument("--target-length", help="RoPE target length for --method")
+    p.add_argument("--max-length", help="reject prompts longer than this (tokens)")
+    p.add_argument("--name", help="model name reported by /v1/models (default MODEL)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--chunk-size", type=int, default=16384, help="prefill chunk in tokens")
+    p.set_defaults(func=_cmd_serve)

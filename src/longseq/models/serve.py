@@ -1,4 +1,4 @@
-"""``longseq serve``: a small OpenAI-compatible HTTP server on the :class:`~longseq.engine.HFEngine`.
+"""``longseq serve``: a small OpenAI-compatible HTTP server on a :class:`~longseq.models.generation.LocalLM`.
 
 Endpoints: ``GET /v1/models``, ``POST /v1/completions`` (``prompt`` string), ``POST /v1/chat/completions``
 (``messages``; the model's chat template is applied). Decoding is always greedy; ``max_tokens`` and
@@ -10,7 +10,6 @@ and keeps the server free of extra dependencies.
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -19,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from longseq.core.errors import UserError
+from longseq.models.generation import Generation, LocalLM, chat_text, encode
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,9 +59,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._completion(req)
         return self._error(404, f"unknown path {self.path}")
 
-    def _generate(self, text: str, fmt: str, req: dict[str, Any]) -> tuple[Any, int] | None:
-        from longseq.eval.engine import encode
-
+    def _generate(self, text: str, fmt: str, req: dict[str, Any]) -> tuple[Generation, int] | None:
         engine = self.server.engine
         stop = req.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
@@ -79,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
             gen = engine.generate_ids(ids, max_tokens, stop)
         return gen, len(ids)
 
-    def _usage(self, prompt_tokens: int, gen: Any) -> dict[str, int]:
+    def _usage(self, prompt_tokens: int, gen: Generation) -> dict[str, int]:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": gen.new_tokens,
                 "total_tokens": prompt_tokens + gen.new_tokens}
 
@@ -105,8 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "messages must be a non-empty list")
         if not getattr(tok, "chat_template", None):
             return self._error(400, "this model has no chat template; use /v1/completions")
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        result = self._generate(text, "chat", req)
+        result = self._generate(chat_text(tok, messages), "chat", req)
         if result is None:
             return None
         gen, n = result
@@ -118,11 +115,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class CompletionServer(ThreadingHTTPServer):
-    """An OpenAI-compatible server around an engine. ``port=0`` picks a free port (see ``server_port``)."""
+    """An OpenAI-compatible server around a :class:`LocalLM`. ``port=0`` picks a free port (see ``url``)."""
 
     daemon_threads = True
 
-    def __init__(self, engine: Any, model_name: str, host: str = "127.0.0.1", port: int = 8000,
+    def __init__(self, engine: LocalLM, model_name: str, host: str = "127.0.0.1", port: int = 8000,
                  max_length: int | None = None, verbose: bool = False):
         super().__init__((host, port), _Handler)
         self.engine, self.model_name, self.max_length, self.verbose = engine, model_name, max_length, verbose
@@ -138,43 +135,8 @@ def make_server(spec: str, host: str = "127.0.0.1", port: int = 8000, method: st
                 target_length: int | None = None, dtype: str = "auto", chunk_size: int = 16384,
                 max_length: int | None = None, name: str | None = None) -> CompletionServer:
     """Load ``spec`` with RoPE ``method`` and bind a :class:`CompletionServer` (call ``serve_forever``)."""
-    from longseq.eval.engine import HFEngine
-
-    engine = HFEngine.load(spec, method, dtype, chunk_size, target_length=target_length)
+    engine = LocalLM.load(spec, method, dtype, chunk_size, target_length=target_length)
     try:
         return CompletionServer(engine, name or spec, host, port, max_length)
     except OSError as err:
         raise UserError(f"cannot listen on {host}:{port} ({err.strerror}); choose another --port") from None
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from longseq.core.parsing import parse_length
-
-    server = make_server(args.model, args.host, args.port, args.method,
-                         parse_length(args.target_length) if args.target_length else None, args.dtype,
-                         args.chunk_size, parse_length(args.max_length) if args.max_length else None, args.name)
-    print(f"longseq serve: {args.model} ({args.method}) on {server.url}  (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-def add_cli(sub: Any) -> None:
-    """Register ``longseq serve``."""
-    from longseq.models.loading import DEFAULT_MODEL, DTYPES
-
-    p = sub.add_parser("serve", help="OpenAI-compatible completions/chat server on a local model (greedy)")
-    p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="alias, folder, .gguf or Hub id")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    p.add_argument("--method", default="none", help="RoPE method applied at load (see longseq extend)")
-    p.add_argument("--target-length", help="RoPE target length for --method")
-    p.add_argument("--max-length", help="reject prompts longer than this (tokens)")
-    p.add_argument("--name", help="model name reported by /v1/models (default MODEL)")
-    p.add_argument("--dtype", default="auto", choices=DTYPES)
-    p.add_argument("--chunk-size", type=int, default=16384, help="prefill chunk in tokens")
-    p.set_defaults(func=_cmd_serve)

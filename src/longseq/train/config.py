@@ -1,0 +1,165 @@
+"""The configuration of a ``longseq train`` run: methods, :class:`TrainConfig`, YAML recipes, validation.
+
+Methods (:data:`TRAIN_METHODS`):
+  * ``longlora`` - Chen et al., "LongLoRA", arXiv 2309.12307: S²-Attn (:mod:`longseq.train.s2attn`) during
+    training + LoRA (peft; r=8, alpha=16 on q/k/v/o) + fully trainable token embedding and every norm
+    ("LoRA+", paper Table 2). lm_head is trained only where it is tied to the embedding.
+  * ``lora``     - the paper's baseline: the same LoRA, full attention, nothing else trainable.
+  * ``full``     - every weight trained, full attention. With ``--rope abf --theta 500000`` on packed
+    long text this is Llama 2 Long's ABF continual pre-training (Xiong et al., arXiv 2309.16039).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longseq.core.errors import UserError, unknown_choice
+from longseq.models.rope import METHODS as ROPE_METHODS
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a training method makes trainable and which attention it trains with."""
+
+    name: str
+    s2attn: bool
+    lora: bool
+    embed_and_norms: bool
+    help: str
+
+
+TRAIN_METHODS: dict[str, Method] = {
+    "longlora": Method("longlora", True, True, True, "S²-Attn + LoRA + trainable embeddings and norms (LongLoRA)"),
+    "lora": Method("lora", False, True, False, "LoRA on attention only, full attention (LongLoRA's baseline)"),
+    "full": Method("full", False, False, False, "every weight trained, full attention (e.g. ABF continual pre-training)"),
+}
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run. YAML recipes (``--config``) use these field names."""
+
+    model: str = "smollm2-135m"  # alias, folder, .gguf or Hub id
+    method: str = "longlora"  # longlora | lora | full
+    rope: str = "pi"  # any longseq RoPE method: none | pi | yarn | abf | ntk | dynamic-ntk | llama3
+    factor: float | None = None  # RoPE scale s = target / native
+    target_length: int | None = None  # or the target context L' (s = L'/L)
+    theta: float | None = None  # new RoPE base (abf; default 500000)
+    data: str = ""  # text file/folder, .jsonl/.json, or a datasets name
+    data_split: str = "train"  # split of a datasets name
+    text_field: str = "text"  # field holding the text in JSONL/datasets
+    seq_len: int = 8192  # tokens per training sequence
+    steps: int = 1000  # optimizer steps
+    out: str = ""  # output folder
+    batch_size: int = 1  # sequences per process per micro-step
+    grad_accum: int = 8  # micro-steps per optimizer step
+    lr: float = 2e-5  # peak learning rate (paper: 2e-5 for 7B/13B)
+    warmup_steps: int = 20  # linear warm-up, then constant (LongLoRA README schedule)
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95  # the paper's 0.95 (its code leaves HF's 0.999)
+    max_grad_norm: float = 1.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    group_ratio: float = 0.25  # S²-Attn group size G = ratio * seq_len (paper: 1/4)
+    group_size: int | None = None  # or G in tokens
+    precision: str = "auto"  # auto (bf16 autocast where native) | fp32 | bf16
+    gradient_checkpointing: bool = True
+    save_every: int = 50  # checkpoint every K optimizer steps
+    seed: int = 0
+    randomized_positions: int | None = None  # MAXLEN: position_ids sampled from [0, MAXLEN) (Ruoss et al.)
+    save_adapter: bool = False  # also keep the unmerged adapter in DIR/adapter
+    resume: bool = False  # continue from DIR/checkpoint
+
+    # Fields that may differ between a run and its resumption (everything else must match).
+    RESUMABLE_CHANGES = ("steps", "out", "resume", "save_every", "save_adapter")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "TrainConfig":
+        """Build from recipe/flag values (``-`` or ``_`` in keys); an unknown key is a :class:`UserError`."""
+        names = field_names()
+        unknown = [k for k in values if k.replace("-", "_") not in names]
+        if unknown:
+            raise unknown_choice(f"key in {where}", unknown[0], names)
+        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that define a run (resume refuses a checkpoint whose fingerprint differs)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+
+    @property
+    def method_spec(self) -> Method:
+        return TRAIN_METHODS[self.method]
+
+
+def field_names() -> set[str]:
+    """The :class:`TrainConfig` field names (= recipe keys and the flags' ``dest`` names)."""
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_recipe(path: str) -> dict[str, Any]:
+    """Read a YAML recipe into a dict of :class:`TrainConfig` fields (validated)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe {path} does not exist")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())[:200]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"recipe {path} must be a mapping of training options")
+    TrainConfig.from_dict(values, where=path)
+    return values
+
+
+def s2attn_group_size(cfg: TrainConfig) -> int:
+    """G for ``cfg``; raises :class:`UserError` unless G is even and divides ``seq_len``."""
+    if cfg.group_size is not None:
+        g = int(cfg.group_size)
+    else:
+        exact = cfg.seq_len * cfg.group_ratio
+        g = int(round(exact))
+        if abs(exact - g) > 1e-9:
+            raise UserError(f"--group-ratio {cfg.group_ratio} x --seq-len {cfg.seq_len} = {exact:g} is not a whole "
+                            "number of tokens; pick a seq-len divisible by 1/ratio or pass --group-size")
+    if g < 2 or g % 2:
+        raise UserError(f"S²-Attn group size {g} must be an even number >= 2 (half the heads shift by G/2); "
+                        "change --group-size/--group-ratio")
+    if cfg.seq_len % g:
+        raise UserError(f"S²-Attn group size {g} does not divide --seq-len {cfg.seq_len}; "
+                        f"use a seq-len that is a multiple of {g} or another --group-size")
+    return g
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check everything that needs no model weights; raise :class:`UserError` with the fix."""
+    if cfg.method not in TRAIN_METHODS:
+        raise unknown_choice("training method", cfg.method, TRAIN_METHODS)
+    if cfg.rope not in ROPE_METHODS:
+        raise unknown_choice("RoPE method", cfg.rope, ROPE_METHODS)
+    if cfg.precision not in PRECISIONS:
+        raise unknown_choice("precision", cfg.precision, PRECISIONS)
+    if not cfg.data:
+        raise UserError("no training data; pass --data PATH (text file/folder, .jsonl, or a datasets name)")
+    if not cfg.out:
+        raise UserError("no output folder; pass --out DIR")
+    for name in ("seq_len", "steps", "batch_size", "grad_accum", "save_every", "lora_r"):
+        if int(getattr(cfg, name)) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.seq_len < 2:
+        raise UserError("--seq-len must be >= 2")
+    if cfg.lr <= 0:
+        raise UserError(f"--lr must be > 0, got {cfg.lr}")
+    if cfg.randomized_positions is not None and cfg.randomized_positions < cfg.seq_len:
+        raise UserError(f"--randomized-positions {cfg.randomized_positions} is below --seq-len {cfg.seq_len}; "
+                        "the position range must hold a whole sequence")
+    if cfg.method_spec.s2attn:
+        s2attn_group_size(cfg)
