@@ -93,3 +93,10 @@ def test_only_cli_modules_import_argparse():
 def test_every_capability_has_a_cli_module():
     for pkg in ("models", "eval", "train", "lengthgen", "memory", "lab"):
         assert (PACKAGE / pkg / "cli.py").is_file(), pkg
+
+
+def test_tests_share_fixtures_through_conftest_only():
+    """One tiny-model factory (conftest fixtures); no test edits sys.path to import helpers."""
+    others = [p for p in Path(__file__).parent.glob("*.py") if p.name != Path(__file__).name]
+    assert [p.name for p in others if "sys.path" in p.read_text()] == []
+    assert [p.name for p in others if "LlamaConfig(" in p.read_text()] == ["conftest.py"]

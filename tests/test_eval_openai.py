@@ -8,13 +8,12 @@ import threading
 
 import pytest
 
-from eval_fixtures import smol_tokenizer, tiny_llama  # noqa: F401  (fixtures)
 from longseq.cli import main
 from longseq.eval.run import EvalConfig, run_eval
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llama):  # noqa: F811
+def server(tiny_llama):
     from longseq.models.serve import make_server
 
     srv = make_server(str(tiny_llama), port=0, dtype="float32", name="tiny")
@@ -39,7 +38,7 @@ def test_server_speaks_the_openai_protocol(server):
         client.completions.create(model="tiny", prompt=123, max_tokens=3)
 
 
-def test_openai_backend_matches_the_local_engine(server, tiny_llama, tmp_path):  # noqa: F811
+def test_openai_backend_matches_the_local_engine(server, tiny_llama, tmp_path):
     """Same prompts, same greedy model: the HTTP backend's outputs equal the in-process engine's."""
     common = dict(model=str(tiny_llama), tasks=["passkey", "lines"], cells=[("none", 512)], samples=2, seed=4)
     remote = run_eval(EvalConfig(out=str(tmp_path / "remote"), backend="openai", base_url=server.url,
@@ -54,7 +53,7 @@ def test_openai_backend_matches_the_local_engine(server, tiny_llama, tmp_path): 
     assert remote["backend"] == "openai"
 
 
-def test_server_down_is_a_one_line_error(tiny_llama, tmp_path, capsys):  # noqa: F811
+def test_server_down_is_a_one_line_error(tiny_llama, tmp_path, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

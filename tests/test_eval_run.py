@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 
-from eval_fixtures import smol_tokenizer, tiny_llama  # noqa: F401  (fixtures)
 from longseq.cli import main
 from longseq.core.errors import UserError
 from longseq.eval.engine import HFEngine
@@ -24,7 +23,7 @@ def _cfg(model, out, **kw) -> EvalConfig:
     return EvalConfig(**base)
 
 
-def test_tiny_model_end_to_end_writes_valid_outputs_and_resumes(tiny_llama, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_tiny_model_end_to_end_writes_valid_outputs_and_resumes(tiny_llama, tmp_path, monkeypatch, capsys):
     cfg = _cfg(tiny_llama, tmp_path / "run")
     summary = run_eval(cfg, progress=False)
     out = tmp_path / "run"
@@ -72,7 +71,7 @@ def test_tiny_model_end_to_end_writes_valid_outputs_and_resumes(tiny_llama, tmp_
     assert again["results"] == summary["results"]
 
 
-def test_interrupted_run_keeps_samples_and_resume_finishes_without_duplicates(tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+def test_interrupted_run_keeps_samples_and_resume_finishes_without_duplicates(tiny_llama, tmp_path, monkeypatch):
     cfg = _cfg(tiny_llama, tmp_path / "run", tasks=["passkey"], cells=[("none", 512), ("none", 1024)], samples=3)
     real = HFEngine.answer
     calls = {"n": 0}
@@ -97,7 +96,7 @@ def test_interrupted_run_keeps_samples_and_resume_finishes_without_duplicates(ti
     assert sorted(keys) == sorted({(L, i) for L in (512, 1024) for i in range(3)})
 
 
-def test_engine_matches_transformers_generate_and_full_forward_loss(tiny_llama):  # noqa: F811
+def test_engine_matches_transformers_generate_and_full_forward_loss(tiny_llama):
     """Chunked prefill + KV cache + last-position logits == plain greedy ``generate``; chunked NLL ==
     cross-entropy of one full forward pass."""
     import torch
@@ -117,7 +116,7 @@ def test_engine_matches_transformers_generate_and_full_forward_loss(tiny_llama):
     assert math.isclose(nll, ref_nll, rel_tol=1e-4)
 
 
-def test_methods_are_applied_through_the_rope_registry(tiny_llama):  # noqa: F811
+def test_methods_are_applied_through_the_rope_registry(tiny_llama):
     eng = HFEngine.load(str(tiny_llama), "yarn", dtype="float32", target_length=4096)
     assert eng.model.config.rope_parameters["rope_type"] == "yarn"
     assert eng.model.config.rope_parameters["factor"] == 4.0
@@ -141,13 +140,13 @@ def _cli(capsys, *argv):
     (["--backend", "openai"], "needs --base-url"),
     (["--lengths", "100", "--tasks", "topics"], "too short"),
 ])
-def test_bad_input_is_one_line_exit_2(tiny_llama, tmp_path, capsys, argv, needle):  # noqa: F811
+def test_bad_input_is_one_line_exit_2(tiny_llama, tmp_path, capsys, argv, needle):
     code, err = _cli(capsys, str(tiny_llama), "--out", str(tmp_path / "o"), "--no-progress", "--samples", "1", *argv)
     assert code == 2
     assert len(err) == 1 and err[0].startswith("longseq: error:") and needle in err[0], err
 
 
-def test_chat_format_without_template_is_one_line_error(tiny_llama, tmp_path, capsys):  # noqa: F811
+def test_chat_format_without_template_is_one_line_error(tiny_llama, tmp_path, capsys):
     import shutil
 
     bare = tmp_path / "bare"
@@ -161,7 +160,7 @@ def test_chat_format_without_template_is_one_line_error(tiny_llama, tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
-def test_mixing_seeds_in_one_folder_is_refused(tiny_llama, tmp_path):  # noqa: F811
+def test_mixing_seeds_in_one_folder_is_refused(tiny_llama, tmp_path):
     cfg = _cfg(tiny_llama, tmp_path / "run", tasks=["passkey"], cells=[("none", 512)], samples=1)
     run_eval(cfg, progress=False, quiet=True)
     before = (tmp_path / "run" / "samples.jsonl").read_bytes()
@@ -171,7 +170,7 @@ def test_mixing_seeds_in_one_folder_is_refused(tiny_llama, tmp_path):  # noqa: F
     assert (tmp_path / "run" / "samples.jsonl").read_bytes() == before
 
 
-def test_resume_from_another_folder_with_the_path_spelled_differently(tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+def test_resume_from_another_folder_with_the_path_spelled_differently(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.chdir(tiny_llama.parent)
     cfg = _cfg(tiny_llama.name, tmp_path / "run", tasks=["passkey"], cells=[("none", 512)], samples=1)
     run_eval(cfg, progress=False, quiet=True)
@@ -221,7 +220,7 @@ class _CountTask(EvalTask):
         return ["## count section", "", *(f"{r['method']} {r['length']}: {r['custom']}" for r in rows), ""]
 
 
-def test_a_registered_task_runs_through_the_loop_summary_and_report(tiny_llama, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_a_registered_task_runs_through_the_loop_summary_and_report(tiny_llama, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(EVAL_TASKS, "count", _CountTask())
     cfg = _cfg(tiny_llama, tmp_path / "run", tasks=["passkey", "count"], cells=[("none", 512)], samples=1)
     summary = run_eval(cfg, progress=False)

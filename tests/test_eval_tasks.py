@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from eval_fixtures import smol_tokenizer  # noqa: F401  (fixture)
 from longseq.core.errors import UserError
 from longseq.eval.engine import cut_at_stop, encode, render
 from longseq.eval.summary import effective_length
@@ -27,7 +26,7 @@ def _build(builder, task, sub, length, index, depth=None):
 
 @pytest.mark.parametrize("length", [1024, 4096])
 @pytest.mark.parametrize("fmt", ["raw", "chat"])
-def test_every_generator_is_within_two_percent_in_model_tokens(smol_tokenizer, length, fmt):  # noqa: F811
+def test_every_generator_is_within_two_percent_in_model_tokens(smol_tokenizer, length, fmt):
     builder = PromptBuilder(smol_tokenizer, fmt, seed=3)
     for task, sub in ALL:
         for index in range(2):
@@ -40,7 +39,7 @@ def test_every_generator_is_within_two_percent_in_model_tokens(smol_tokenizer, l
                 assert sp.text.startswith("<|im_start|>")
 
 
-def test_generators_are_deterministic_in_task_length_seed_index(smol_tokenizer):  # noqa: F811
+def test_generators_are_deterministic_in_task_length_seed_index(smol_tokenizer):
     def text(task, sub, length, seed, index):
         return _build(PromptBuilder(smol_tokenizer, "raw", seed), task, sub, length, index, 0.5).text
 
@@ -57,7 +56,7 @@ def test_generators_are_deterministic_in_task_length_seed_index(smol_tokenizer):
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
-def test_needle_sits_at_the_requested_depth_in_tokens(smol_tokenizer, depth):  # noqa: F811
+def test_needle_sits_at_the_requested_depth_in_tokens(smol_tokenizer, depth):
     sp = _build(PromptBuilder(smol_tokenizer, "raw", 0), "niah", "", 4096, 0, depth)
     body = sp.prompt.body
     assert body.count(NIAH_NEEDLE) == 1
@@ -113,7 +112,7 @@ def test_cwe_and_fwe_answers_are_the_true_most_frequent_words():
     assert [words[w] for w in fwe.expected] == top
 
 
-def test_too_short_length_is_a_user_error(smol_tokenizer):  # noqa: F811
+def test_too_short_length_is_a_user_error(smol_tokenizer):
     builder = PromptBuilder(smol_tokenizer, "raw", 0)
     with pytest.raises(UserError, match="too short"):
         _build(builder, "topics", "", 40, 0)
@@ -179,7 +178,7 @@ def test_cut_at_stop_keeps_leading_blank_lines():
     assert cut_at_stop(" 123") == (" 123", False)
 
 
-def test_render_raw_and_chat(smol_tokenizer):  # noqa: F811
+def test_render_raw_and_chat(smol_tokenizer):
     assert render("Q?", "A:", " ", "raw", smol_tokenizer) == "Q? A:"
     chat = render("Q?", "A:", " ", "chat", smol_tokenizer)
     assert chat.endswith("<|im_start|>assistant\nA:") and "<|im_start|>user\nQ?<|im_end|>" in chat

@@ -8,19 +8,17 @@ import socket
 import pytest
 import torch
 
-from eval_fixtures import smol_tokenizer, tiny_llama  # noqa: F401  (fixtures)
 from longseq.core.errors import UserError
 from longseq.memory.llm import TransformersChat
 from longseq.models.generation import LocalLM, cut_at_stop, repetition_penalized
 from longseq.models.loading import load_model
 from longseq.models.openai_client import OpenAIClient
-from memory_server import ChatServer
 
 MESSAGES = [{"role": "user", "content": "My dog is called Biscuit. What is my dog's name?"}]
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_llama):  # noqa: F811
+def tiny(tiny_llama):
     return load_model(str(tiny_llama), dtype="float32")
 
 
@@ -84,7 +82,7 @@ def test_penalized_loop_matches_generate_with_the_old_logits_processor(tiny):
         chat.complete(MESSAGES, max_new_tokens=chat.context_length)
 
 
-def test_chat_ids_equal_the_tokenized_chat_template(smol_tokenizer, tiny):  # noqa: F811
+def test_chat_ids_equal_the_tokenized_chat_template(smol_tokenizer, tiny):
     model, _ = tiny
     enc = smol_tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
     assert LocalLM(model, smol_tokenizer).chat_ids(MESSAGES) == list(enc["input_ids"])
@@ -110,14 +108,14 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_openai_client_errors_are_one_line():
+def test_openai_client_errors_are_one_line(chat_server):
     url = f"http://127.0.0.1:{_closed_port()}/v1"
     client = OpenAIClient(url, "x", timeout=5)
     for call in (client.check, lambda: client.complete("hi", 2), lambda: client.chat(MESSAGES, 2)):
         with pytest.raises(UserError) as err:
             call()
         assert str(err.value).startswith(f"cannot reach the server at {url}") and "\n" not in str(err.value)
-    with ChatServer(lambda messages, max_tokens, stop: "(A) yes\nmore", model="served") as live:
+    with chat_server(lambda messages, max_tokens, stop: "(A) yes\nmore", model="served") as live:
         with pytest.raises(UserError) as err:
             OpenAIClient(live, "other").chat(MESSAGES, 2)
         assert str(err.value).startswith(f"server at {live} answered 404: ") and "\n" not in str(err.value)

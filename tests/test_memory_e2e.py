@@ -22,9 +22,6 @@ from longseq.memory.store import MemoryStream
 
 pytestmark = pytest.mark.slow
 
-sys.path.insert(0, str(Path(__file__).parent))
-from memory_server import ChatServer  # noqa: E402
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -63,11 +60,11 @@ def test_chat_recalls_fact_after_it_left_the_window(llm, embedder, tmp_path):
         assert len(again) == 5 and again.stats()["turns"] == 5
 
 
-def test_openai_backend_against_loopback_server(llm, embedder, tmp_path):
+def test_openai_backend_against_loopback_server(llm, embedder, tmp_path, chat_server):
     def complete(messages, max_tokens, stop):
         return llm.complete(messages, max_new_tokens=max_tokens, stop=stop)
 
-    srv = ChatServer(complete, model="smollm2")
+    srv = chat_server(complete, model="smollm2")
     with srv as url:
         api = OpenAIChat(url, "smollm2", context_length=192, tokenizer=llm.tokenizer)
         stream = MemoryStream(":memory:", embedder)

@@ -19,12 +19,8 @@ from longseq.models.generation import TokenCounter
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from longseq.models.loading import local_dir
-
-    return AutoTokenizer.from_pretrained(str(local_dir("smollm2-135m")))
+def tokenizer(smol_tokenizer):
+    return smol_tokenizer
 
 
 class ScriptedChat(TokenCounter):

@@ -12,7 +12,6 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from conftest import tiny_llama_config
 from longseq.core.errors import UserError
 from longseq.models.rope import METHODS, extend_config, native_context_length
 
@@ -61,14 +60,14 @@ def llama3_closed_form(s: float, low_ff: float = 1.0, high_ff: float = 4.0) -> t
 
 
 @pytest.mark.parametrize("s", [2.0, 4.0, 8.0])
-def test_pi_divides_every_frequency(s):
+def test_pi_divides_every_frequency(s, tiny_llama_config):
     rot = rotary(extend_config(tiny_llama_config(), "pi", factor=s))
     close(rot.inv_freq, base_freqs() / s)
     assert rot.attention_scaling == 1.0
 
 
 @pytest.mark.parametrize("s", [2.0, 8.0])
-def test_ntk_changes_base(s):
+def test_ntk_changes_base(s, tiny_llama_config):
     rot = rotary(extend_config(tiny_llama_config(), "ntk", factor=s))
     close(rot.inv_freq, base_freqs(B * s ** (D / (D - 2))))
     # NTK-aware: the highest frequency is untouched, the lowest is slowed by exactly s
@@ -78,7 +77,7 @@ def test_ntk_changes_base(s):
 
 
 @pytest.mark.parametrize("s", [2.0, 4.0])
-def test_dynamic_ntk_is_plain_until_native_length_then_rescales(s):
+def test_dynamic_ntk_is_plain_until_native_length_then_rescales(s, tiny_llama_config):
     config = extend_config(tiny_llama_config(), "dynamic-ntk", factor=s)
     assert config.max_position_embeddings == L  # transformers reads L from it
     rot = rotary(config)
@@ -91,7 +90,7 @@ def test_dynamic_ntk_is_plain_until_native_length_then_rescales(s):
 
 
 @pytest.mark.parametrize("s", [2.0, 4.0, 16.0])
-def test_yarn_matches_ntk_by_parts_and_temperature(s):
+def test_yarn_matches_ntk_by_parts_and_temperature(s, tiny_llama_config):
     config = extend_config(tiny_llama_config(), "yarn", factor=s)
     assert config.rope_parameters["original_max_position_embeddings"] == L
     rot = rotary(config)
@@ -103,7 +102,7 @@ def test_yarn_matches_ntk_by_parts_and_temperature(s):
     assert cos[0, 0, 0].item() == pytest.approx(temp, rel=1e-6)
 
 
-def test_yarn_options_reach_transformers():
+def test_yarn_options_reach_transformers(tiny_llama_config):
     config = extend_config(tiny_llama_config(), "yarn", factor=4, beta_fast=16, beta_slow=2, attention_factor=1.0)
     rot = rotary(config)
     expected, _ = yarn_closed_form(4, beta_fast=16, beta_slow=2)
@@ -112,7 +111,7 @@ def test_yarn_options_reach_transformers():
 
 
 @pytest.mark.parametrize("theta", [None, 1e6])
-def test_abf_sets_base_only(theta):
+def test_abf_sets_base_only(theta, tiny_llama_config):
     config = extend_config(tiny_llama_config(), "abf", theta=theta, target_length=1024)
     rot = rotary(config)
     close(rot.inv_freq, base_freqs(theta or 500000.0))
@@ -121,13 +120,13 @@ def test_abf_sets_base_only(theta):
 
 
 @pytest.mark.parametrize("s", [2.0, 8.0])
-def test_llama3_wavelength_bands(s):
+def test_llama3_wavelength_bands(s, tiny_llama_config):
     rot = rotary(extend_config(tiny_llama_config(), "llama3", factor=s))
     close(rot.inv_freq, llama3_closed_form(s))
     assert rot.attention_scaling == 1.0
 
 
-def test_none_is_identity():
+def test_none_is_identity(tiny_llama_config):
     config = tiny_llama_config()
     new = extend_config(config, "none")
     assert new.rope_parameters == config.rope_parameters
@@ -138,7 +137,7 @@ def test_every_registered_method_is_tested_here():
     assert set(METHODS) == {"none", "pi", "ntk", "dynamic-ntk", "yarn", "abf", "llama3"}
 
 
-def test_target_length_gives_factor_and_records_native():
+def test_target_length_gives_factor_and_records_native(tiny_llama_config):
     config = extend_config(tiny_llama_config(), "yarn", target_length="1k")
     assert config.rope_parameters["factor"] == 4.0
     assert config.max_position_embeddings == 1024
@@ -146,7 +145,7 @@ def test_target_length_gives_factor_and_records_native():
     assert native_context_length(config) == L
 
 
-def test_legacy_rope_scaling_spelling_is_understood():
+def test_legacy_rope_scaling_spelling_is_understood(tiny_llama_config):
     """transformers 4.x configs spell RoPE as top-level rope_theta (+ rope_scaling); both must work."""
     from transformers import LlamaConfig
 
@@ -177,11 +176,11 @@ def test_legacy_rope_scaling_spelling_is_understood():
         (dict(method="abf", theta=-5), "--theta must be > 0"),
     ],
 )
-def test_bad_requests_are_user_errors(kwargs, message):
+def test_bad_requests_are_user_errors(kwargs, message, tiny_llama_config):
     with pytest.raises(UserError, match=message):
         extend_config(tiny_llama_config(), **kwargs)
 
 
-def test_consistent_factor_and_target_are_accepted():
+def test_consistent_factor_and_target_are_accepted(tiny_llama_config):
     config = extend_config(tiny_llama_config(), "pi", factor=4, target_length=1024)
     assert config.rope_parameters["factor"] == 4

@@ -14,15 +14,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_helpers import ROOT, TEXT, losses, make_tiny_llama, run_cli
-
+from longseq.core.fsutil import read_jsonl
 from longseq.train.config import TrainConfig
 from longseq.train.trainer import train
 
 
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "the quick brown fox jumps over the lazy dog. " * 120
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m longseq ARGS`` in a real subprocess with this checkout on the path."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "longseq", *args], capture_output=True, text=True, env=full_env,
+                          timeout=600)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss from metrics.jsonl (a line being written by a live run is skipped)."""
+    return {r["step"]: r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")}
+
+
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tmp_path_factory, make_tiny_llama, smol_tokenizer) -> Path:
+    """2-layer Llama (hidden 32, 4 heads / 2 KV heads, 256-token context) with SmolLM2's tokenizer."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", "smollm2",
+                           pad_token_id=smol_tokenizer.pad_token_id, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")

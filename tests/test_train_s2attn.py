@@ -114,19 +114,24 @@ def test_cost_is_linear_in_length():
         F.scaled_dot_product_attention = orig
 
 
-def tiny_llama(heads=4, kv_heads=2, layers=2):
-    from transformers import LlamaConfig, LlamaForCausalLM
+@pytest.fixture
+def tiny_llama_model(tiny_llama_config):
+    """``tiny_llama_model(heads, kv_heads, layers)``: a random in-memory Llama (vocabulary 64, hidden 32)."""
+    from transformers import LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256)
-    return LlamaForCausalLM(cfg)
+    def build(heads=4, kv_heads=2, layers=2):
+        torch.manual_seed(0)
+        return LlamaForCausalLM(tiny_llama_config(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                  num_hidden_layers=layers, num_attention_heads=heads,
+                                                  num_key_value_heads=kv_heads, pad_token_id=None))
+
+    return build
 
 
-def test_registered_in_transformers_and_full_attention_in_eval():
+def test_registered_in_transformers_and_full_attention_in_eval(tiny_llama_model):
     """In a Llama model with GQA: training mode equals a per-layer dense reference; eval mode equals sdpa."""
     register()
-    model = tiny_llama()
+    model = tiny_llama_model()
     ids = torch.randint(0, 64, (2, 24))
     pad = torch.ones(2, 24, dtype=torch.long)
     pad[1, :5] = 0
