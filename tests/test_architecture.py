@@ -100,3 +100,16 @@ def test_tests_share_fixtures_through_conftest_only():
     others = [p for p in Path(__file__).parent.glob("*.py") if p.name != Path(__file__).name]
     assert [p.name for p in others if "sys.path" in p.read_text()] == []
     assert [p.name for p in others if "LlamaConfig(" in p.read_text()] == ["conftest.py"]
+
+
+def test_public_api_names_are_unique_and_all_resolve():
+    """``longseq.X`` for every exported name (each defined once: the table is a dict literal)."""
+    import longseq
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    table = next(n.value for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) and n.target.id == "_EXPORTS")
+    keys = [k.value for k in table.keys]
+    assert len(keys) == len(set(keys)) and sorted(keys) == longseq.__all__
+    for name in longseq.__all__:
+        assert getattr(longseq, name) is not None, name
+    assert "TASKS" not in longseq.__all__ and len(longseq.EVAL_TASKS) > 0 and len(longseq.CHOMSKY_TASKS) == 15

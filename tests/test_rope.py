@@ -1,7 +1,7 @@
 """RoPE methods: transformers' inverse frequencies for our configs equal the papers' closed forms.
 
-The closed forms below are written from ../shared/reference/rope-methods.md, independently of
-longseq.rope and of transformers' code; transformers computes the values under test.
+The closed forms below are written from the papers (PI, NTK-aware, YaRN, ABF, Llama 3), independently of
+longseq.models.rope and of transformers' code; transformers computes the values under test.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "effective_length": "longseq.eval.summary",
     "EVAL_TASKS": "longseq.eval.tasks",
     "HFEngine": "longseq.eval.engine",
+    "LocalLM": "longseq.models.generation",
+    "OpenAIClient": "longseq.models.openai_client",
     "shifted_sparse_attention": "longseq.train.s2attn",
     "TrainConfig": "longseq.train.config",
     "train_model": "longseq.train.trainer:train",

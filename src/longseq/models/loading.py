@@ -215,7 +215,7 @@ def load_model(
         spec: model spec, see module docstring.
         dtype: ``auto`` (bf16 on hardware with native bf16, else fp32), ``bfloat16``, ``float16`` or ``float32``.
         device: torch device string.
-        config: optional config to use instead of the checkpoint's (e.g. one extended by :mod:`longseq.rope`).
+        config: optional config to use instead of the checkpoint's (e.g. one extended by :mod:`longseq.models.rope`).
         attn_implementation: transformers attention implementation name (``sdpa`` by default).
 
     Returns:

@@ -4,7 +4,7 @@ Every method maps (model config, scale factor s = L'/L, options) to the ``rope_p
 transformers 5.x understands, so the rotary math itself is transformers' own (``modeling_rope_utils``);
 only static NTK-aware scaling has no built-in ``rope_type`` and is expressed as a base change.
 
-Notation (see ../shared/reference/rope-methods.md): d = rotary dim, b = base (``rope_theta``),
+Notation (as in the YaRN paper): d = rotary dim, b = base (``rope_theta``),
 L = native (pre-training) context, L' = target context, s = L'/L.
 
 The extended config also records ``longseq_extension = {"method", "factor", "native", "target", ...}``;

@@ -5,7 +5,7 @@
   * ``topics``   LongEval coarse retrieval: which topic was discussed first; topic-name match.
   * ``niah``     Needle in a haystack (Kamradt 2023) at a given depth; substring recall of the key fact.
 
-Construction and scoring follow ../shared/reference/evaluation.md.
+Construction and scoring: docs/eval.md (tasks table).
 """
 
 from __future__ import annotations
