@@ -118,8 +118,9 @@ def test_lab_folder_of_other_settings_is_refused(tmp_path):
     mine = {"size": "test", "settings": dataclasses.asdict(SIZES["test"]), "seed": 0}
     for partial in ({"size": "test", "seed": 0}, {**mine, "extra": 1}):
         (tmp_path / "lab.json").write_text(json.dumps(partial))
-        with pytest.raises(UserError, match="holds a lab run with a different"):
+        with pytest.raises(UserError, match="not this version's lab run"):
             run_lab(tmp_path, "test")
+        assert json.loads((tmp_path / "lab.json").read_text()) == partial
     with pytest.raises(UserError, match="unknown lab size"):
         run_lab(tmp_path / "x", "huge")
 

@@ -14,6 +14,14 @@ class UserError(Exception):
     """A problem in the user's input, with the fix in the message. The CLI exits 2 on it."""
 
 
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    """``err`` as one line of at most ``limit`` characters (+ "..."), for messages that quote a library's error."""
+    text = " ".join(str(err).split())
+    if not text:
+        return type(err).__name__ if isinstance(err, BaseException) else ""
+    return (text[:limit] + "...") if len(text) > limit else text
+
+
 def unknown_choice(kind: str, name: str, choices: Iterable[str]) -> UserError:
     """Build an "unknown X" error that lists the valid choices and suggests the closest one."""
     choices = sorted(choices)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from longseq.core.tables import fmt_len
+
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the Agg backend (no display needed); imported lazily, it is slow to load."""
@@ -25,8 +27,6 @@ def save(fig: Any, path: str | Path, dpi: int = 100) -> str:
 
 def length_axis(ax: Any, lengths: list[int], label: str = "prompt length (tokens)") -> None:
     """A log2 x axis with one tick per tested length, labelled 1k, 2k, ..."""
-    from longseq.core.tables import fmt_len
-
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [fmt_len(L) for L in lengths])
     ax.minorticks_off()

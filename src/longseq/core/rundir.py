@@ -32,6 +32,12 @@ def claim_run_folder(out: str | Path, marker: str, ident: dict[str, Any],
         diff = [k for k in ident if k in old and old[k] != ident[k]]
         if diff:
             raise UserError(f"{out} holds {what} with a different {', '.join(diff)} "
-                            f"({', '.join(f'{k}={old[k]}' for k in diff)}); "
+                            f"({', '.join(f'{k}={_show(old[k])}' for k in diff)}); "
                             "choose another --out or repeat the original settings")
     atomic_write_text(path, json.dumps(ident, indent=2) + "\n")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A recorded setting for the one-line message: scalars as they are, containers as short JSON."""
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -16,7 +16,7 @@ from pathlib import Path
 from longseq.core.fsutil import atomic_dir
 from longseq.eval.tasks import EVAL_TASKS, haystack_text
 from longseq.lab.presets import FT_FACTOR, LabSize
-from longseq.models.loading import DEFAULT_MODEL, local_dir
+from longseq.models.loading import DEFAULT_MODEL, load_tokenizer
 
 
 def docstring_prose(max_chars: int) -> list[str]:
@@ -94,9 +94,9 @@ def build_init(out: Path, size: LabSize, seed: int) -> str:
     if (target / "config.json").is_file():
         return str(target)
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(local_dir(DEFAULT_MODEL)))
+    tok = load_tokenizer(DEFAULT_MODEL)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,

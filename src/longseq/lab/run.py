@@ -62,11 +62,17 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
 def _claim(out: Path, ident: dict[str, Any]) -> None:
     """A lab folder belongs to one (size, settings, seed): resuming with other settings would mix runs.
 
-    The whole ``lab.json`` must match: a marker with a missing or an extra key (or an unreadable one)
-    is compared as all-None, so it is refused, not silently taken over.
+    The whole ``lab.json`` must match: a marker with a missing or an extra key (or an unreadable one) is
+    refused as a run of another version, not silently taken over.
     """
-    claim_run_folder(out, "lab.json", ident, what="a lab run",
-                     normalize=lambda old: old if old.keys() == ident.keys() else dict.fromkeys(ident))
+
+    def same_keys(old: dict[str, Any]) -> dict[str, Any]:
+        if old.keys() != ident.keys():
+            raise UserError(f"{out} holds a lab.json that is not this version's lab run (keys {sorted(old)}); "
+                            "choose another --out")
+        return old
+
+    claim_run_folder(out, "lab.json", ident, what="a lab run", normalize=same_keys)
 
 
 def _add_elapsed(out: Path, seconds: float) -> float:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longseq.core.errors import UserError, unknown_choice
-from longseq.lengthgen.protocol import ABSOLUTE, PES, split_pe  # noqa: F401 (PES: part of this API)
+from longseq.lengthgen.protocol import ABSOLUTE, split_pe
 from longseq.models.positions import sample_positions
 
 

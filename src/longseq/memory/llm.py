@@ -3,7 +3,9 @@
 Both are thin adapters over :mod:`longseq.models`: :class:`TransformersChat` generates with the greedy loop
 of :class:`longseq.models.generation.LocalLM` (with a repetition penalty over the answer's own tokens),
 :class:`OpenAIChat` talks through :class:`longseq.models.openai_client.OpenAIClient`. Answers are cut with
-the shared stop rule and stripped.
+the shared stop rule (:func:`longseq.models.generation.cut_at_stop`: at the earliest stop string after
+non-blank text, the same rule as ``longseq eval``; applied on the client for endpoints too) and stripped.
+A local model stops at its tokenizer's or its generation config's EOS token.
 """
 
 from __future__ import annotations

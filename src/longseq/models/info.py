@@ -6,13 +6,13 @@ import json
 from typing import Any
 
 from longseq.models.loading import load_config
-from longseq.models.rope import native_context_length, rope_dim
+from longseq.models.rope import head_dim, native_context_length, rope_dim
+
 
 def kv_cache_bytes(config: Any, tokens: int, bytes_per_value: int = 2) -> int:
     """KV-cache size: 2 (K and V) x layers x kv_heads x head_dim x tokens x bytes."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * tokens * bytes_per_value
+    return 2 * config.num_hidden_layers * kv_heads * head_dim(config) * tokens * bytes_per_value
 
 
 def count_parameters(config: Any) -> int:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longseq.core.errors import UserError, unknown_choice
+from longseq.core.errors import UserError, one_line, unknown_choice
 from longseq.core.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -146,7 +145,7 @@ def converted_gguf_dir(gguf_path: str | Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as err:  # gguf raises many types for a corrupt or unsupported file
-        raise UserError(f"cannot read GGUF file {gguf_path}: {_one_line(err)}") from None
+        raise UserError(f"cannot read GGUF file {gguf_path}: {one_line(err)}") from None
     _drop_gguf_marks(model)
     with atomic_dir(target, overwrite=True) as tmp:
         model.save_pretrained(tmp)
@@ -166,10 +165,6 @@ def _drop_gguf_marks(model: Any) -> None:
             except AttributeError:
                 setattr(config, attr, None)
 
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return (text[:300] + "...") if len(text) > 300 else (text or type(err).__name__)
 
 
 def local_dir(spec: str) -> Path | str:
@@ -245,8 +240,8 @@ def load_model(
 def _load_error(spec: str, where: Path | str, err: BaseException) -> UserError:
     if isinstance(where, str) and not Path(where).exists():
         return UserError(
-            f"cannot load '{spec}' from the Hugging Face Hub ({_one_line(err)}); "
+            f"cannot load '{spec}' from the Hugging Face Hub ({one_line(err)}); "
             "without network pass a local save_pretrained folder or a .gguf file, "
             f"or use an alias: {', '.join(ALIASES)}"
         )
-    return UserError(f"cannot load model from {where}: {_one_line(err)}")
+    return UserError(f"cannot load model from {where}: {one_line(err)}")

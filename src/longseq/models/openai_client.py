@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any, Sequence
 
-from longseq.core.errors import UserError
+from longseq.core.errors import UserError, one_line
 from longseq.models.generation import Generation, Message, cut_at_stop
 
 
@@ -45,7 +45,7 @@ class OpenAIClient:
                             "8000) or fix --base-url") from None
         except self._openai.APIStatusError as err:
             raise UserError(f"server at {self.base_url} answered {err.status_code}: "
-                            f"{' '.join(str(err.message).split())[:200]}") from None
+                            f"{one_line(err.message, 200)}") from None
 
     def check(self) -> None:
         """Fail fast (one line) when the server is down, before any work."""

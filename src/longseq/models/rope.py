@@ -126,11 +126,15 @@ def rope_llama3(p: dict[str, Any], ext: Extension, d: int) -> dict[str, Any]:
     }
 
 
+def head_dim(config: Any) -> int:
+    """Per-head width: ``config.head_dim`` where the architecture sets it, else hidden_size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def rope_dim(config: Any) -> int:
     """Rotary dimension d = head_dim * partial_rotary_factor."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     factor = (config.rope_parameters or {}).get("partial_rotary_factor", 1.0)
-    return int(head_dim * factor)
+    return int(head_dim(config) * factor)
 
 
 def native_context_length(config: Any) -> int:
@@ -141,13 +145,6 @@ def native_context_length(config: Any) -> int:
     orig = (getattr(config, "rope_parameters", None) or {}).get("original_max_position_embeddings")
     return int(orig or config.max_position_embeddings)
 
-
-def claimed_context_length(config: Any) -> int:
-    """The context the config claims: the extension's target, else ``max_position_embeddings``."""
-    ext = getattr(config, "longseq_extension", None)
-    if isinstance(ext, dict) and ext.get("target"):
-        return int(ext["target"])
-    return int(config.max_position_embeddings)
 
 
 def resolve_extension(

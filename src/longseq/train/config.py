@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longseq.core.errors import UserError, unknown_choice
+from longseq.core.errors import UserError, one_line, unknown_choice
 from longseq.models.rope import METHODS as ROPE_METHODS
 
 
@@ -113,7 +113,7 @@ def load_recipe(path: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())[:200]}") from None
+        raise UserError(f"recipe {path} is not valid YAML: {one_line(err, 200)}") from None
     if not isinstance(values, dict):
         raise UserError(f"recipe {path} must be a mapping of training options")
     TrainConfig.from_dict(values, where=path)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from longseq.core.errors import UserError
+from longseq.core.errors import UserError, one_line
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES_SKIP = {".json", ".jsonl", ".gz", ".zip", ".bin", ".safetensors", ".pt", ".parquet"}
@@ -99,7 +99,7 @@ def load_documents(spec: str, split: str = "train", text_field: str = "text") ->
     try:
         ds = datasets.load_dataset(spec, split=split)
     except Exception as err:
-        raise UserError(f"cannot load dataset '{spec}' (split {split}): {' '.join(str(err).split())[:200]}; "
+        raise UserError(f"cannot load dataset '{spec}' (split {split}): {one_line(err, 200)}; "
                         "offline, pass a local text file, folder or .jsonl instead") from None
     if "instruction" in ds.column_names and "output" in ds.column_names:
         return "instruction", [{"instruction": r["instruction"], "output": r["output"]} for r in ds]

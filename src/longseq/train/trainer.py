@@ -23,7 +23,7 @@ from typing import Any
 
 from longseq.core.fsutil import append_jsonl, atomic_dir, atomic_write_text, read_jsonl
 from longseq.core.runtime import tune_process
-from longseq.models.loading import load_config, load_model, local_dir, pick_dtype
+from longseq.models.loading import load_config, load_model, load_tokenizer, pick_dtype
 from longseq.models.rope import apply_rope, extend_config
 from longseq.train.checkpoint import check_out_dir, fingerprint_hash, fingerprint_json, save_checkpoint
 from longseq.train.config import TrainConfig, s2attn_group_size, validate
@@ -210,14 +210,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm import tqdm
-    from transformers import AutoTokenizer, get_constant_schedule_with_warmup
+    from transformers import get_constant_schedule_with_warmup
 
     tune_process()
     resume_state = _check_before_loading(cfg)
     out = Path(cfg.out)
     mixed_precision = _mixed_precision(cfg)
     # Data problems (too short, empty, malformed) surface before any weights are loaded.
-    tokenizer = AutoTokenizer.from_pretrained(str(local_dir(cfg.model)))
+    tokenizer = load_tokenizer(cfg.model)
     data = load_train_data(cfg.data, tokenizer, cfg.seq_len, cfg.data_split, cfg.text_field)
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
     ds = getattr(accelerator.state, "deepspeed_plugin", None)

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from longseq.core.errors import UserError
+from longseq.core.errors import UserError, one_line
 from longseq.eval.tasks.hook import EvalTask, PlannedSample, RunContext
 from longseq.eval.tasks.text import haystack_text
 
@@ -30,7 +30,7 @@ def ppl_tokens(source: str | None, tokenizer: Any) -> list[int]:
         try:
             ds = datasets.load_dataset(name, conf or None, split="test")
         except Exception as err:
-            raise UserError(f"cannot load dataset '{name}': {' '.join(str(err).split())[:200]}; pass a text file") from None
+            raise UserError(f"cannot load dataset '{name}': {one_line(err, 200)}; pass a text file") from None
         text = "\n\n".join(ds["text"])
     else:
         path = Path(source)
