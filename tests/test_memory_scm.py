@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from longseq.core.errors import UserError
 from longseq.memory.agent import SCMAgent, assemble, render_agent_prompt
 from longseq.memory.controller import ControllerConfig, MemoryController, parse_choice
 from longseq.memory.embedders import HashingEmbedder
@@ -248,3 +249,20 @@ def test_summarize_document_hierarchy_and_resume(tokenizer, tmp_path):
         again = summarize_document(llm, stream, doc, block_tokens=200, max_new_tokens=48, progress=False)
     assert again.levels[0] == res.levels[0]
     assert not any("Section:\n" in c[-1]["content"] for c in llm.calls[n_calls:])
+
+
+def test_chatter_turns_out_of_range_is_a_user_error_and_the_bounds_work():
+    from longseq.memory.bench import CHATTER, MIN_CHATTER, make_session
+
+    for n in (MIN_CHATTER, len(CHATTER) * 3):
+        assert len(make_session(0, n).turns) == 7 + n + 1  # seven facts, the chatter, the move
+    for n in (MIN_CHATTER - 1, len(CHATTER) * 3 + 1):
+        with pytest.raises(UserError, match="--chatter-turns must be between"):
+            make_session(0, n)
+
+
+def test_bench_cli_refuses_bad_chatter_turns_before_loading_a_model(capsys, tmp_path):
+    from longseq.cli import main
+
+    code = main(["memory", "bench", "--model", str(tmp_path / "missing"), "--chatter-turns", "2"])
+    assert code == 2 and "--chatter-turns must be between" in capsys.readouterr().err

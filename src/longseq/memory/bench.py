@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from longseq.core.errors import unknown_choice
+from longseq.core.errors import UserError, unknown_choice
 from longseq.core.fsutil import atomic_write_text
 from longseq.core.parsing import parse_csv
 from longseq.core.tables import md_table
@@ -80,8 +80,18 @@ class Session:
     probes: list[Probe] = field(default_factory=list)
 
 
+MIN_CHATTER = 6  # one chatter turn follows each of the six facts told early in a session
+
+
+def check_chatter_turns(n: int) -> None:
+    """Raise :class:`UserError` unless a session can hold ``n`` chatter turns."""
+    if not MIN_CHATTER <= n <= len(CHATTER) * 3:
+        raise UserError(f"--chatter-turns must be between {MIN_CHATTER} and {len(CHATTER) * 3}, got {n}")
+
+
 def make_session(seed: int, chatter_turns: int = 36) -> Session:
     """One deterministic session: facts, chatter, an update, then probes (see module docstring)."""
+    check_chatter_turns(chatter_turns)
     rng = random.Random(seed)
     pet, animal, drink = rng.choice(PETS), rng.choice(ANIMALS), rng.choice(DRINKS)
     city1, city2 = rng.sample(CITIES, 2)

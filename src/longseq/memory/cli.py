@@ -10,7 +10,7 @@ from typing import Any
 
 from longseq.core.errors import UserError
 from longseq.memory.agent import MODES, SCMAgent
-from longseq.memory.bench import SYSTEMS, parse_systems, run_bench, save_report
+from longseq.memory.bench import SYSTEMS, check_chatter_turns, parse_systems, run_bench, save_report
 from longseq.memory.documents import ask_document, summarize_document
 from longseq.memory.embedders import DEFAULT_EMBEDDER, EMBEDDERS, load_embedder
 from longseq.memory.ingest import check_ingest_input, check_input, ingest_file, token_counter
@@ -127,6 +127,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     systems = parse_systems(args.systems)
     if args.sessions <= 0:
         raise UserError("--sessions must be positive")
+    check_chatter_turns(args.chatter_turns)  # before the model loads
     llm = _llm_from(args)
     embedder = load_embedder(args.embedder)
     result = run_bench(llm, embedder, sessions=args.sessions, seed=args.seed, k=args.k,

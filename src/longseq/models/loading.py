@@ -175,26 +175,25 @@ def local_dir(spec: str) -> Path | str:
     return Path(src.path) if src.kind == "dir" else src.path
 
 
-def load_config(spec: str) -> Any:
-    """Load only the model config (fast: no weights)."""
-    from transformers import AutoConfig
+def _from_pretrained(auto_class: str, spec: str) -> Any:
+    """``transformers.<auto_class>.from_pretrained`` on the folder of ``spec``, failures as one line."""
+    import transformers
 
     where = local_dir(spec)
     try:
-        return AutoConfig.from_pretrained(str(where))
+        return getattr(transformers, auto_class).from_pretrained(str(where))
     except Exception as err:
         raise _load_error(spec, where, err) from None
+
+
+def load_config(spec: str) -> Any:
+    """Load only the model config (fast: no weights)."""
+    return _from_pretrained("AutoConfig", spec)
 
 
 def load_tokenizer(spec: str) -> Any:
     """Load only the tokenizer of a spec (no weights)."""
-    from transformers import AutoTokenizer
-
-    where = local_dir(spec)
-    try:
-        return AutoTokenizer.from_pretrained(str(where))
-    except Exception as err:
-        raise _load_error(spec, where, err) from None
+    return _from_pretrained("AutoTokenizer", spec)
 
 
 def load_model(
