@@ -40,6 +40,8 @@ EXPECTED_HEADINGS: dict[str, list[str]] = {
     "docs/runtime.md": ["Runtime settings", "OpenMP wait policy", "glibc malloc", "Measured"],
     "docs/benchmarks.md": ["Benchmarks", "Machine", "bench/eval_throughput.py", "bench/s2attn.py",
                            "bench/lengthgen_throughput.py", "bench/memory.py"],
+    "docs/fidelity.md": ["Fidelity to the reference protocols", "RULER", "LongEval", "Needle in a haystack",
+                         "Chomsky hierarchy tasks", "Self-Controlled Memory (SCM)", "LongLoRA"],
     "docs/lab-results.md": ["longseq lab: results of one default run", "Training cost", "Plots"],
 }
 """Page -> its title (first) and main sections, in order. A new docs page must be listed here."""
