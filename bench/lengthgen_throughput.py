@@ -9,11 +9,10 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from longseq.lengthgen.chomsky import CHOMSKY_TASKS, get_task, sample_batch
 from longseq.lengthgen.protocol import make_protocol
-from longseq.lengthgen.run import build_encoder, make_tape
+from longseq.lengthgen.run import build_encoder, make_tape, token_loss
 
 
 def rate(fn, batch: int, min_time: float = 0.3) -> float:
@@ -47,7 +46,7 @@ def main() -> None:
 
             def step() -> None:
                 logits = model(tape)[:, -y.shape[1]:]
-                loss = F.cross_entropy(logits[mt], yt[mt])
+                loss = token_loss(logits, yt, mt, p.loss)  # the reference's loss, as in training
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -197,3 +197,20 @@ def test_bad_config_is_a_user_error():
         ModelConfig(vocab_size=2, output_size=2, pe="rope", d_model=30, n_heads=4)
     with pytest.raises(UserError):
         ModelConfig(vocab_size=2, output_size=2, pe="rope", resample="sometimes")
+
+
+def test_initialization_follows_the_reference_haiku_defaults():
+    """Embedding TruncatedNormal(0.02), linear layers TruncatedNormal(1/sqrt(fan_in)) with zero biases, a
+    learned position table TruncatedNormal(1): normals cut at two standard deviations."""
+    torch.manual_seed(0)
+    model = Encoder(ModelConfig(vocab_size=4, output_size=3, pe="learned", max_len=4096))
+    w = model.embed.weight
+    assert w.abs().max() <= 0.04 and 0.015 < w.std() < 0.02
+    table = model.pos_table.weight
+    assert table.abs().max() <= 2.0 and 0.85 < table.std() < 0.9  # a cut N(0, 1) has std 0.88
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 5 * 4 + 1  # qkv, out, two FFN layers per block, and the read-out
+    for lin in linears:
+        bound = 2 * lin.in_features**-0.5
+        assert lin.weight.abs().max() <= bound + 1e-6
+        assert lin.bias is None or not lin.bias.any()

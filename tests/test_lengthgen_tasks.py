@@ -1,4 +1,5 @@
-"""The 15 Chomsky-hierarchy task generators against hand-computed examples and independent solvers.
+"""The 15 Chomsky-hierarchy task generators against hand-computed examples, independent solvers and the
+statistics of the reference generators (google-deepmind/randomized_positional_encodings, ``tasks/``).
 
 Run: PYTHONPATH=src python -m pytest tests/test_lengthgen_tasks.py
 """
@@ -6,11 +7,12 @@ Run: PYTHONPATH=src python -m pytest tests/test_lengthgen_tasks.py
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
 
-from longseq.lengthgen.chomsky import CHOMSKY_TASKS, get_task, sample_batch
+from longseq.lengthgen.chomsky import CHOMSKY_TASKS, get_task, hide_digit, sample_batch
 from longseq.core.errors import UserError
 
 MAX = 500  # the paper's longest test length
@@ -58,16 +60,19 @@ def solve(task: str, x: list[int]) -> tuple[list[int], list[bool]]:
                 stack = stack[:-1]
             else:
                 stack.append(a - 3)
-        y = stack[::-1] + [2] * (n + 1 - len(stack))
+        y = stack[::-1] + [2] + [0] * (n - len(stack))  # end token, then the reference's 0-padding
         return y, [i <= len(stack) for i in range(n + 1)]
     if task in ("binary_addition", "binary_multiplication"):
-        op = x.index(2)
-        a = int("".join(map(str, x[:op][::-1])) or "0", 2)
-        c = int("".join(map(str, x[op + 1:][::-1])) or "0", 2)
-        value = a + c if task == "binary_addition" else a * c
-        bits = [int(ch) for ch in bin(value)[2:][::-1]]
-        width = n + 1 if task == "binary_addition" else max(n, 2)
-        y = bits + [2] * (width - len(bits))
+        width = n + 1 if task == "binary_addition" else n
+        if n <= 2:  # the reference's bare number: its own "sum"; the product is n - 1 zeros
+            value = int("".join(map(str, x[::-1])), 2)
+            bits = [int(ch) for ch in bin(value)[2:][::-1]] if task == "binary_addition" else [0] * (n - 1)
+        else:
+            op = x.index(2)
+            a, c = int("".join(map(str, x[:op][::-1])), 2), int("".join(map(str, x[op + 1:][::-1])), 2)
+            value = a + c if task == "binary_addition" else a * c
+            bits = [int(ch) for ch in bin(value)[2:][::-1]]
+        y = bits + [2] + [0] * (width - 1 - len(bits))
         return y, [i <= len(bits) for i in range(width)]
     if task == "compute_sqrt":
         v = int("".join(map(str, x)), 2)
@@ -113,13 +118,15 @@ HAND = [
     ("bucket_sort", [4, 0, 2], [0, 2, 4]),
     ("stack_manipulation", [1], [1, 2]),
     ("stack_manipulation", [0, 1, 4], [1, 1, 0, 2]),  # push 1 onto [0, 1]: top-down 1 1 0
-    ("stack_manipulation", [1, 2, 2], [2, 2, 2, 2]),  # pop, then pop on empty (ignored): empty stack
-    ("binary_addition", [2], [0, 2]),  # "+" alone: 0 + 0
-    ("binary_addition", [1, 2, 1], [0, 1, 2, 2]),  # 1 + 1 = 2 = "01" little-endian
-    ("binary_addition", [1, 1, 2, 1], [0, 0, 1, 2, 2]),  # 3 + 1 = 4
-    ("binary_multiplication", [2], [0, 2]),
-    ("binary_multiplication", [1, 1, 2, 1], [1, 1, 2, 2]),  # 3 * 1 = 3
-    ("binary_multiplication", [0, 1, 2, 1, 1], [0, 1, 1, 2, 2]),  # 2 * 3 = 6 = "011"
+    ("stack_manipulation", [1, 2, 2], [2, 0, 0, 0]),  # pop, then pop on empty (ignored): empty stack
+    ("binary_addition", [0], [0, 2]),  # n = 1: the reference's bare number 0
+    ("binary_addition", [0, 1], [0, 1, 2]),  # n = 2: the bare number 2 ("01" little-endian)
+    ("binary_addition", [1, 2, 1], [0, 1, 2, 0]),  # 1 + 1 = 2 = "01" little-endian
+    ("binary_addition", [1, 1, 2, 1], [0, 0, 1, 2, 0]),  # 3 + 1 = 4
+    ("binary_multiplication", [0], [2]),  # n = 1: the fixed answer, an empty product
+    ("binary_multiplication", [1, 0], [0, 2]),  # n = 2: the fixed answer "0"
+    ("binary_multiplication", [1, 1, 2, 1], [1, 1, 2, 0]),  # 3 * 1 = 3
+    ("binary_multiplication", [0, 1, 2, 1, 1], [0, 1, 1, 2, 0]),  # 2 * 3 = 6 = "011"
     ("compute_sqrt", [1], [1]),
     ("compute_sqrt", [1, 0, 0, 0], [1, 0]),  # floor(sqrt(8)) = 2
     ("compute_sqrt", [1, 1, 1, 1, 1], [1, 0, 1]),  # floor(sqrt(31)) = 5
@@ -137,9 +144,9 @@ def test_hand_computed_examples(task, x, expected):
 
 def test_stack_and_binary_masks_stop_after_end_token():
     y, m = rows_with("stack_manipulation", 3, [1, 2, 2])[0]
-    assert y == [2, 2, 2, 2] and m == [True, False, False, False]
+    assert y == [2, 0, 0, 0] and m == [True, False, False, False]
     y, m = rows_with("binary_addition", 3, [1, 2, 1])[0]
-    assert y == [0, 1, 2, 2] and m == [True, True, True, False]
+    assert y == [0, 1, 2, 0] and m == [True, True, True, False]
 
 
 def test_missing_duplicate_hand_examples():
@@ -149,7 +156,7 @@ def test_missing_duplicate_hand_examples():
         i = x.index(2)
         assert y == [x[(i + 2) % 4]]  # the other copy of the masked bit
     x, y, _ = sample_batch("missing_duplicate", 1, 4, seed=0)
-    assert x.tolist() == [[2]] * 4 and y.tolist() == [[0]] * 4  # documented degenerate n = 1
+    assert x.tolist() == [[1]] * 4 and y.tolist() == [[1]] * 4  # the reference's fixed n = 1 sample
 
 
 def _eval_equation(x: list[int], answer: int) -> bool:
@@ -163,8 +170,9 @@ def test_solve_equation_solution_satisfies_equation():
         xs, ys, _ = sample_batch("solve_equation", n, 64, seed=n)
         for x, y in zip(xs.tolist(), ys.tolist()):
             assert len(x) == n and 0 <= y[0] < 5 and _eval_equation(x, y[0])
-    x, y, _ = sample_batch("solve_equation", 2, 3, seed=0)
-    assert (x == 11).all() and (y == 0).all()  # n < 3: the reference's empty tape, target 0
+    for n in (1, 2):
+        x, y, _ = sample_batch("solve_equation", n, 3, seed=0)
+        assert x.shape == (3, n) and (x == 0).all() and (y == 0).all()  # n < 3: the reference's token-0 tape
 
 
 @pytest.mark.parametrize("task", SOLVABLE)
@@ -203,7 +211,7 @@ EXPECTED_OUT_LEN = {
     "cycle_navigation": lambda n: 1, "stack_manipulation": lambda n: n + 1, "reverse_string": lambda n: n,
     "modular_arithmetic_brackets": lambda n: 1, "solve_equation": lambda n: 1,
     "duplicate_string": lambda n: 2 * n, "missing_duplicate": lambda n: 1, "odds_first": lambda n: n,
-    "binary_addition": lambda n: n + 1, "binary_multiplication": lambda n: max(n, 2),
+    "binary_addition": lambda n: n + 1, "binary_multiplication": lambda n: n,
     "compute_sqrt": lambda n: math.ceil(n / 2), "bucket_sort": lambda n: n,
 }
 VOCAB = {"even_pairs": (2, 2), "modular_arithmetic": (9, 5), "parity_check": (2, 2), "cycle_navigation": (3, 5),
@@ -221,7 +229,7 @@ def test_output_length_rules_and_vocabulary(task):
         n_in = n - 1 if task == "modular_arithmetic" and n % 2 == 0 else n
         assert x.shape == (4, n_in) and y.shape == m.shape == (4, EXPECTED_OUT_LEN[task](n))
         assert t.output_length(n) == y.shape[1] and t.tape_length(n) == n_in + y.shape[1]
-        assert x.min() >= 0 and x.max() <= t.input_size  # == input_size only on degenerate blank tapes
+        assert x.min() >= 0 and x.max() < t.input_size
         assert y.min() >= 0 and y.max() < t.output_size and m[:, 0].all()
 
 
@@ -238,3 +246,79 @@ def test_determinism(task):
 def test_unknown_task_is_a_user_error():
     with pytest.raises(UserError, match="did you mean 'parity_check'"):
         get_task("parity_chek")
+
+
+# ------------------------------------------- statistics against the reference generators' definitions
+
+
+def _operands(x: list[int]) -> tuple[int, int, int]:
+    """(length of the first operand, first, second) of a binary tape, little-endian."""
+    op = x.index(2)
+    return op, int("".join(map(str, x[:op][::-1])), 2), int("".join(map(str, x[op + 1:][::-1])), 2)
+
+
+@pytest.mark.parametrize("task", ["binary_addition", "binary_multiplication"])
+def test_binary_operands_are_never_zero(task):
+    for n in range(3, 12):
+        xs, ys, ms = sample_batch(task, n, 2048, seed=n)
+        ops = [_operands(x) for x in xs.tolist()]
+        assert all(a >= 1 and c >= 1 for _, a, c in ops), task
+        if task == "binary_multiplication":  # a product of nonzero operands is never the trivial "0"
+            assert not ((ys[:, 0] == 0) & (ys[:, 1] == 2)).any()
+
+
+def test_binary_operand_distribution_matches_reference_definition():
+    """The reference draws len(a) uniform in [1, n - 2] and each operand uniform in [1, 2^len - 1]:
+    at n = 5 that is 23 tapes with exact probabilities; a chi-square test on 30,000 samples."""
+    n, draws = 5, 30_000
+    exact = {}
+    for la in range(1, n - 1):
+        lc = n - 1 - la
+        for a in range(1, 2**la):
+            for c in range(1, 2**lc):
+                exact[(la, a, c)] = 1 / (n - 2) / (2**la - 1) / (2**lc - 1)
+    xs, _, _ = sample_batch("binary_addition", n, draws, seed=11)
+    counts: dict[tuple[int, int, int], int] = {}
+    for x in xs.tolist():
+        key = _operands(x)
+        counts[key] = counts.get(key, 0) + 1
+    assert set(counts) <= set(exact)  # no tape outside the reference's support (no zero operand)
+    chi2 = sum((counts.get(k, 0) - draws * p) ** 2 / (draws * p) for k, p in exact.items())
+    assert chi2 < 48.3, chi2  # 99.9% quantile of chi-square with 22 degrees of freedom
+
+
+def test_binary_short_inputs_follow_reference():
+    """n <= 2: the reference samples a bare number in [0, 2^n - 2] (randint's upper bound is exclusive)."""
+    x1, _, _ = sample_batch("binary_addition", 1, 256, seed=0)
+    assert (x1 == 0).all()  # randint(0, 1) is always 0
+    x2, y2, _ = sample_batch("binary_addition", 2, 3000, seed=0)
+    values = (x2[:, 0] + 2 * x2[:, 1]).tolist()
+    assert set(values) == {0, 1, 2} and all(abs(values.count(v) / 3000 - 1 / 3) < 0.04 for v in (0, 1, 2))
+
+
+def _walk_probabilities(tokens: list[int]) -> dict[int, float]:
+    """The reference's rule in closed form: a digit preceded (cyclically) by k non-digits is hit by k + 1 of
+    the len(tokens) equally likely start indices."""
+    out = {}
+    for j, t in enumerate(tokens):
+        if t < 5:
+            k = 1
+            while tokens[(j - k) % len(tokens)] >= 5:
+                k += 1
+            out[j] = k / len(tokens)
+    return out
+
+
+def test_solve_equation_position_of_x_follows_reference_walk():
+    tokens = [7, 7, 3, 5, 7, 1, 6, 4, 8, 8]  # ((3+(1-4)): the digits follow 4 (with the wrap), 2 and 1 non-digits
+    probs = _walk_probabilities(tokens)
+    assert probs == {2: 0.5, 5: 0.3, 7: 0.2}  # a uniform choice among the digits would give 1/3 each
+    r = random.Random(0)
+    hits = [hide_digit(r, tokens) for _ in range(20_000)]
+    for j, p in probs.items():
+        assert abs(hits.count(j) / len(hits) - p) < 0.015, (j, hits.count(j) / len(hits), p)
+    # Whole generator at n = 7: the expression is always "(d op d)"; starts 0, 1 and 4 (wrapping) reach the
+    # first digit: P = 3/5, where a uniform choice among the digits would give 1/2.
+    xs, _, _ = sample_batch("solve_equation", 7, 20_000, seed=1)
+    assert ((xs == 9).sum(axis=1) == 1).all()
+    assert abs((xs[:, 1] == 9).mean() - 0.6) < 0.015

@@ -8,25 +8,32 @@ Every task is a batched generator ``sample(rng, batch_size, n) -> (inputs, targe
 int64 arrays:
 
 * ``inputs``  ``(B, n_in)`` token ids in ``[0, input_size)``; ``n_in == n`` except Modular Arithmetic
-  (even ``n`` is shortened to ``n - 1``, as in the reference) and the degenerate Solve Equation
-  samples, which use the blank id ``input_size`` (the reference's all-zero one-hot);
-* ``targets`` ``(B, output_length(n))`` class ids in ``[0, output_size)``;
-* ``mask``    ``(B, output_length(n))`` bool; False after the end token of variable-length outputs.
+  (even ``n`` is shortened to ``n - 1``, as in the reference);
+* ``targets`` ``(B, output_length(n))`` class ids in ``[0, output_size)``; after the end token of the
+  variable-length outputs (Stack Manipulation, binary tasks) the reference pads with 0, and so do we;
+* ``mask``    ``(B, output_length(n))`` bool; False after the end token (the reference's ``accuracy_mask``).
 
-:func:`sample_batch` keys the randomness by ``(task, n, seed)``, so a batch is reproducible. The regular,
-string and binary tasks are vectorized over the batch in numpy; the two bracket grammars are recursive
-and sampled per sequence (as in the reference, which also uses plain Python for them), and Compute Sqrt
-uses Python's exact ``math.isqrt`` because numpy has no big integers.
+:func:`sample_batch` keys the randomness by ``(task, n, seed)``, so a batch is reproducible. The
+distributions are the reference's (see docs/fidelity.md for the few deliberate differences); the regular,
+string and binary tasks are vectorized over the batch in numpy (binary operands by rejection sampling,
+which is uniform over the reference's range [1, 2^len - 1]); the two bracket grammars are recursive and
+sampled per sequence (as in the reference, which also uses plain Python for them), and Compute Sqrt uses
+Python's exact ``math.isqrt`` because numpy has no big integers.
 
 Token ids (the reference's one-hot order; ``input_size`` matches the paper's vocabularies):
 
-* Modular Arithmetic (9): digits 0-4, ``+`` 5, ``-`` 6, ``*`` 7, 8 reserved (``/``, never sampled).
+* Modular Arithmetic (9): digits 0-4, ``+`` 5, ``-`` 6, ``*`` 7, 8 reserved (blank, never sampled).
 * Modular Arithmetic Brackets (11): digits 0-4, ``+`` 5, ``-`` 6, ``*`` 7, ``(`` 8, ``)`` 9, 10 reserved.
 * Solve Equation (11): digits 0-4, ``+`` 5, ``-`` 6, ``(`` 7, ``)`` 8, ``x`` 9, ``=`` 10.
 * Stack Manipulation (5): stack bits 0/1, POP 2, PUSH-0 3, PUSH-1 4; outputs 0/1 and end 2.
 * Binary Addition / Multiplication (3): bits 0/1 and the operator 2; outputs bits and end 2.
 * Cycle Navigation (3): 0 = step -1, 1 = stay, 2 = step +1.
 * Missing Duplicate (4): bits 0/1, mask 2, pad 3.
+
+Inputs too short for a task's format follow the reference's fixed samples: Solve Equation n < 3 is a
+tape of token 0 with target 0; Missing Duplicate n = 1 is the input ``1`` with target 1; the binary tasks
+at n <= 2 see a bare number in [0, 2^n - 2] (no operator) whose sum is the number itself and whose product
+is written as n - 1 zeros; Stack Manipulation n = 1 is a one-symbol stack.
 """
 
 from __future__ import annotations
@@ -67,11 +74,19 @@ def _full_mask(targets: Array) -> Array:
     return np.ones(targets.shape, dtype=bool)
 
 
-def _mask_after_end(targets: Array, end: int) -> Array:
-    """True up to and including the first ``end`` token of each row."""
-    is_end = targets == end
-    before = np.cumsum(is_end, axis=1) - is_end  # number of end tokens strictly before each position
-    return before == 0
+def _end_terminated(values: Array, length: Array, out_len: int, end: int) -> tuple[Array, Array]:
+    """Targets ``values[:, :length]``, the ``end`` token, then 0-padding to ``out_len`` (the reference's
+    layout), and the mask that is True up to and including the end token.
+
+    values ``(B, >= max(length))`` class ids, length ``(B,)`` with ``length < out_len``.
+    """
+    cols = np.arange(out_len)[None, :]
+    padded = np.zeros((values.shape[0], out_len), dtype=np.int64)
+    w = min(values.shape[1], out_len)
+    padded[:, :w] = values[:, :w]
+    y = np.where(cols < length[:, None], padded, 0)
+    y[np.arange(len(y)), length] = end
+    return y, cols <= length[:, None]
 
 
 # ----------------------------------------------------------------------------------------- regular
@@ -148,12 +163,11 @@ def _stack_manipulation(rng: np.random.Generator, b: int, n: int) -> Sample:
         value = np.where(j < stack_len, tok, tok - _PUSH0)
         stack[rows[push], height[push]] = value[push]
         height = np.where(push, height + 1, np.maximum(height - 1, 0))
-    # Output: the final stack top to bottom, the end token, then end-token padding (masked).
-    k = np.arange(n + 1)[None, :]
-    top_down = np.take_along_axis(stack, np.clip(height[:, None] - 1 - k[:, :n], 0, n - 1), axis=1)
-    y = np.full((b, n + 1), _STACK_END, dtype=np.int64)
-    y[:, :n] = np.where(k[:, :n] < height[:, None], top_down, _STACK_END)
-    return x, y, _mask_after_end(y, _STACK_END)
+    # Output: the final stack top to bottom, the end token, then 0-padding (masked).
+    k = np.arange(n)[None, :]
+    top_down = np.take_along_axis(stack, np.clip(height[:, None] - 1 - k, 0, n - 1), axis=1)
+    y, mask = _end_terminated(top_down, height, n + 1, _STACK_END)
+    return x, y, mask
 
 
 _LPAREN, _RPAREN = 8, 9  # Modular Arithmetic Brackets
@@ -187,16 +201,25 @@ def _modular_arithmetic_brackets(rng: np.random.Generator, b: int, n: int) -> Sa
 _EQ_LP, _EQ_RP, _X, _EQUALS = 7, 8, 9, 10  # Solve Equation
 
 
+def hide_digit(r: random.Random, tokens: list[int]) -> int:
+    """Index of the digit that Solve Equation replaces by ``x``: a uniform start index, then forward
+    (cyclically) to the first digit, as in the reference. A digit preceded by k non-digits is chosen with
+    probability (k + 1) / len(tokens), so digits after brackets and operators are favoured."""
+    j = r.randrange(len(tokens))
+    while tokens[j] >= 5:
+        j = (j + 1) % len(tokens)
+    return j
+
+
 def _solve_equation(rng: np.random.Generator, b: int, n: int) -> Sample:
-    if n < 3:  # no room for "expr = v": the reference emits an empty (all-zero one-hot) tape with target 0
-        return np.full((b, n), 11, dtype=np.int64), np.zeros((b, 1), dtype=np.int64), np.ones((b, 1), dtype=bool)
+    if n < 3:  # no room for "expr = v": the reference emits a tape of token 0 with target 0
+        return np.zeros((b, n), dtype=np.int64), np.zeros((b, 1), dtype=np.int64), np.ones((b, 1), dtype=bool)
     r = _py_random(rng)
     x = np.empty((b, n), dtype=np.int64)
     y = np.empty((b, 1), dtype=np.int64)
     for i in range(b):
         tokens, value = _bracket_expression(r, n - 2, (_PLUS, _MINUS), _EQ_LP, _EQ_RP)
-        digits = [j for j, t in enumerate(tokens) if t < 5]
-        j = digits[r.randrange(len(digits))]
+        j = hide_digit(r, tokens)
         y[i, 0] = tokens[j]
         tokens[j] = _X
         x[i] = [*tokens, _EQUALS, value]
@@ -216,10 +239,10 @@ _MASK, _PAD = 2, 3
 
 def _missing_duplicate(rng: np.random.Generator, b: int, n: int) -> Sample:
     # w (length n // 2) written twice with one position masked; odd n gets a trailing pad token.
-    # n == 1 has no room for w: the input is a lone mask and the target is 0 (a fixed, learnable answer).
+    # n == 1 has no room for w: the reference's fixed sample, input "1" and target 1.
     h = n // 2
     if h == 0:
-        return np.full((b, 1), _MASK, dtype=np.int64), np.zeros((b, 1), dtype=np.int64), np.ones((b, 1), dtype=bool)
+        return np.ones((b, 1), dtype=np.int64), np.ones((b, 1), dtype=np.int64), np.ones((b, 1), dtype=bool)
     w = rng.integers(0, 2, (b, h))
     x = np.concatenate([w, w] + ([np.full((b, 1), _PAD)] if n % 2 else []), axis=1)
     where = rng.integers(0, 2 * h, b)
@@ -246,34 +269,39 @@ def _bucket_sort(rng: np.random.Generator, b: int, n: int) -> Sample:
 _OP, _BIN_END = 2, 2
 
 
-def _binary_operands(rng: np.random.Generator, b: int, n: int) -> tuple[Array, Array, Array, Array]:
-    """Inputs ``a + op + c`` of two little-endian numbers whose lengths sum to ``n - 1``.
+def _binary_operands(rng: np.random.Generator, b: int, n: int) -> tuple[Array, Array, Array]:
+    """Inputs ``a + op + c`` (n >= 3) of two little-endian numbers, as in the reference: the length of
+    ``a`` is uniform in [1, n - 2], ``c`` takes the remaining n - 1 - len(a) bits, and each operand is
+    uniform in [1, 2^len - 1] (never zero; all-zero draws are redrawn, which keeps it uniform).
 
-    Both operands have at least one bit when ``n >= 3``; shorter tapes have an empty operand (value 0).
-    Returns the tape ``(B, n)``, the two operands zero-padded to ``(B, n)`` and the first operand's lengths.
+    Returns the tape ``(B, n)`` and the two operands zero-padded to ``(B, n)``.
     """
-    lo = 1 if n >= 3 else 0
-    len_a = rng.integers(lo, n - lo, b)  # in [lo, n - 1 - lo]
-    bits = rng.integers(0, 2, (b, n))
+    len_a = rng.integers(1, n - 1, b)
     cols = np.arange(n)[None, :]
+    in_a, in_c = cols < len_a[:, None], cols > len_a[:, None]
+    bits = np.zeros((b, n), dtype=np.int64)
+    redo = np.arange(b)
+    while redo.size:
+        bits[redo] = rng.integers(0, 2, (redo.size, n))
+        zero = ~(bits[redo] & in_a[redo]).any(axis=1) | ~(bits[redo] & in_c[redo]).any(axis=1)
+        redo = redo[zero]
     x = np.where(cols == len_a[:, None], _OP, bits)
-    a = np.where(cols < len_a[:, None], bits, 0)
+    a = np.where(in_a, bits, 0)
     shifted = np.take_along_axis(bits, np.clip(cols + len_a[:, None] + 1, 0, n - 1), axis=1)
     c = np.where(cols < (n - 1 - len_a)[:, None], shifted, 0)
-    return x, a, c, len_a
+    return x, a, c
+
+
+def _bare_number(rng: np.random.Generator, b: int, n: int) -> Array:
+    """The reference's input for n <= 2: a number in [0, 2^n - 2] in n little-endian bits, no operator."""
+    return (rng.integers(0, 2**n - 1, b)[:, None] >> np.arange(n)[None, :]) & 1
 
 
 def _bits_then_end(value_bits: Array, out_len: int) -> tuple[Array, Array]:
-    """Little-endian bits without high zeros (zero is written ``0``), the end token, end-padding."""
-    b, w = value_bits.shape
+    """Little-endian bits ``(B, W)`` without high zeros (zero is written ``0``), the end token, 0-padding."""
     nonzero = value_bits != 0
-    top = np.where(nonzero.any(axis=1), w - np.argmax(nonzero[:, ::-1], axis=1), 1)  # number of digits
-    y = np.full((b, out_len), _BIN_END, dtype=np.int64)
-    cols = np.arange(out_len)[None, :]
-    padded = np.zeros((b, out_len), dtype=np.int64)
-    padded[:, : min(w, out_len)] = value_bits[:, :out_len]
-    y = np.where(cols < top[:, None], padded, _BIN_END)
-    return y, _mask_after_end(y, _BIN_END)
+    digits = np.where(nonzero.any(axis=1), value_bits.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 1)
+    return _end_terminated(value_bits, digits, out_len, _BIN_END)
 
 
 def _carry(columns: Array) -> Array:
@@ -288,24 +316,26 @@ def _carry(columns: Array) -> Array:
 
 
 def _binary_addition(rng: np.random.Generator, b: int, n: int) -> Sample:
-    x, a, c, _ = _binary_operands(rng, b, n)
+    if n <= 2:  # the reference: a bare number, "summed" alone
+        x = _bare_number(rng, b, n)
+        return (x, *_bits_then_end(x, n + 1))
+    x, a, c = _binary_operands(rng, b, n)
     total = _carry(np.concatenate([a + c, np.zeros((b, 1), dtype=np.int64)], axis=1))
     y, mask = _bits_then_end(total, n + 1)
     return x, y, mask
 
 
-def _binary_multiplication_length(n: int) -> int:
-    return max(n, 2)  # n = 1 is the lone operator: product 0 is written "0" plus the end token
-
-
 def _binary_multiplication(rng: np.random.Generator, b: int, n: int) -> Sample:
-    x, a, c, _ = _binary_operands(rng, b, n)
+    if n <= 2:  # the reference: a bare number and the fixed answer of n - 1 zeros, then the end token
+        y, mask = _end_terminated(np.zeros((b, 1), dtype=np.int64), np.full(b, n - 1), n, _BIN_END)
+        return _bare_number(rng, b, n), y, mask
+    x, a, c = _binary_operands(rng, b, n)
     # Column sums of the schoolbook product are a convolution of the bit vectors; an FFT does the whole
     # batch at once and is exact here (sums are integers <= n, far below float64's 2^53).
     size = 2 * n
     conv = np.fft.irfft(np.fft.rfft(a, size, axis=1) * np.fft.rfft(c, size, axis=1), size, axis=1)
     product = _carry(np.rint(conv).astype(np.int64))
-    y, mask = _bits_then_end(product, _binary_multiplication_length(n))
+    y, mask = _bits_then_end(product, n)  # the product of nonzero operands fits in n - 1 bits
     return x, y, mask
 
 
@@ -340,7 +370,7 @@ CHOMSKY_TASKS: dict[str, Task] = {
         Task("missing_duplicate", "CS", 4, 2, lambda n: 1, _missing_duplicate),
         Task("odds_first", "CS", 2, 2, lambda n: n, _odds_first),
         Task("binary_addition", "CS", 3, 3, lambda n: n + 1, _binary_addition, _BIN_END),
-        Task("binary_multiplication", "CS", 3, 3, _binary_multiplication_length, _binary_multiplication, _BIN_END),
+        Task("binary_multiplication", "CS", 3, 3, lambda n: n, _binary_multiplication, _BIN_END),
         Task("compute_sqrt", "CS", 2, 2, lambda n: (n + 1) // 2, _compute_sqrt),
         Task("bucket_sort", "CS", 5, 5, lambda n: n, _bucket_sort),
     )

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from longseq.core.errors import UserError, unknown_choice
 from longseq.core.parsing import parse_csv
 from longseq.lengthgen.chomsky import CHOMSKY_TASKS
-from longseq.lengthgen.protocol import PES, PRESETS, Protocol, make_protocol, parse_length_spec
+from longseq.lengthgen.protocol import LOSSES, PES, PRESETS, Protocol, make_protocol, parse_length_spec
 
 
 def _names(text: str | None, choices: Sequence[str], kind: str) -> list[str] | None:
@@ -46,7 +46,7 @@ def _protocol(args: argparse.Namespace) -> Protocol:
         train_lengths=_lengths(args.train_lengths, "--train-lengths"),
         test_lengths=_lengths(args.test_lengths, "--test-lengths"),
         steps=args.steps, seeds=args.seeds, lrs=lrs, batch_size=args.batch_size,
-        eval_samples=args.eval_samples, max_len=args.max_len,
+        eval_samples=args.eval_samples, max_len=args.max_len, loss=args.loss,
     )
 
 
@@ -78,6 +78,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--eval-samples", type=int, help="test sequences per length")
     p.add_argument("--max-len", type=int, help="L: range of randomized positions (>= longest tape)")
+    p.add_argument("--loss", choices=LOSSES, help="token cross-entropy over every output slot, as the reference "
+                   "(full, the default), or only up to the end token (masked)")
     p.add_argument("--preset", choices=list(PRESETS), help="quick (2-core CPU, <30 min) or paper (GPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", required=True, help="output folder; re-running resumes finished runs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +24,14 @@ from longseq.lengthgen.chomsky import CHOMSKY_TASKS, get_task
 BASE_PES = ("none", "sin_cos", "learned", "rope", "relative", "alibi")
 PES = BASE_PES + tuple(f"randomized_{p}" for p in BASE_PES if p != "none")
 ABSOLUTE = ("sin_cos", "learned")  # added to the embeddings; the others act inside attention
+
+# Training losses: "full" is the reference's (token cross-entropy over every output slot, the 0-padding
+# after an end token included); "masked" ignores the slots after the end token.
+LOSSES = ("full", "masked")
+
+# Bumped whenever the generators, the loss or the metrics change what a run measures, so that records of an
+# older longseq in a run folder are never mixed with new ones (it is part of every run key).
+PROTOCOL_VERSION = 2
 
 
 def split_pe(pe: str) -> tuple[str, bool]:
@@ -58,10 +67,12 @@ class Protocol:
     d_ff: int = 256
     dropout: float = 0.1
     clip: float = 1.0
+    loss: str = "full"
 
     def fingerprint(self) -> str:
         """Hash of the fields that change a run's result (not the task/PE/seed/lr selection)."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("tasks", "pes", "seeds", "lrs")}
+        keep["version"] = PROTOCOL_VERSION
         return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -144,21 +155,55 @@ def make_protocol(preset: str | None = None, **overrides: Any) -> Protocol:
     return proto
 
 
+def _no_duplicates(flag: str, values: list[Any]) -> None:
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise UserError(f"{flag} lists {v:g} twice; give each value once" if isinstance(v, float)
+                            else f"{flag} lists {v} twice; give each value once")
+        seen.add(v)
+
+
+def _check_numbers(p: Protocol) -> None:
+    """Sizes are integers >= 1, rates finite and in range (NaN and infinities are refused)."""
+    for name, value in (("--steps", p.steps), ("--seeds", p.seeds), ("--batch-size", p.batch_size),
+                        ("--eval-samples", p.eval_samples), ("eval_batch", p.eval_batch),
+                        ("--max-len", p.max_len), ("d_model", p.d_model), ("n_layers", p.n_layers),
+                        ("n_heads", p.n_heads), ("d_ff", p.d_ff)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
+    if not p.lrs:
+        raise UserError("--lr: no learning rate given; write e.g. 1e-3 or 1e-4,3e-4")
+    for lr in p.lrs:
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or not 0 < lr <= 1:
+            raise UserError(f"--lr must be a finite number in (0, 1], got {lr!r}; write e.g. 1e-3")
+    if not isinstance(p.dropout, (int, float)) or not 0 <= p.dropout < 1:
+        raise UserError(f"dropout must be in [0, 1), got {p.dropout!r}")
+    if not isinstance(p.clip, (int, float)) or not (math.isfinite(p.clip) and p.clip > 0):
+        raise UserError(f"clip (the gradient-norm bound) must be a finite number > 0, got {p.clip!r}")
+    if p.d_model % p.n_heads or (p.d_model // p.n_heads) % 2:
+        raise UserError(f"d_model={p.d_model} must split into {p.n_heads} heads of even width")
+
+
 def validate(p: Protocol) -> None:
-    """Reject bad settings before any training starts (names, sizes, tapes longer than the position range)."""
+    """Reject bad settings before any training starts (names, numbers, duplicates, tapes longer than the
+    position range). The memory check needs torch and lives in :mod:`longseq.lengthgen.guard`."""
     if not p.tasks or not p.pes:
         raise UserError("no tasks or no PEs selected; pass e.g. --tasks parity_check --pe rope,randomized_rope")
     for t in p.tasks:
         get_task(t)
     for pe in p.pes:
         split_pe(pe)
-    for name, value in (("--steps", p.steps), ("--seeds", p.seeds), ("--batch-size", p.batch_size),
-                        ("--eval-samples", p.eval_samples), ("--eval-batch", p.eval_batch),
-                        ("--max-len", p.max_len)):
-        if value < 1:
-            raise UserError(f"{name} must be >= 1, got {value}")
-    if any(lr <= 0 for lr in p.lrs) or not p.lrs:
-        raise UserError(f"--lr must be positive, got {p.lrs}")
+    if p.loss not in LOSSES:
+        raise unknown_choice("loss", p.loss, LOSSES)
+    _check_numbers(p)
+    for flag, values in (("--tasks", p.tasks), ("--pe", p.pes), ("--lr", p.lrs)):
+        _no_duplicates(flag, values)
+    if not p.train_lengths or not p.test_lengths:
+        raise UserError("--train-lengths and --test-lengths need at least one length each; write e.g. 1-40")
+    for flag, lengths in (("--train-lengths", p.train_lengths), ("--test-lengths", p.test_lengths)):
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+            raise UserError(f"{flag}: lengths must be integers >= 1; write e.g. 1-40")
     longest = max(p.train_lengths + p.test_lengths)
     # Randomized PEs draw from [0, L) and the learned table has L rows: both need every tape to fit in L.
     needs_table = any(split_pe(pe)[1] or split_pe(pe)[0] == "learned" for pe in p.pes)

@@ -4,8 +4,9 @@ Ruoss et al., "Randomized Positional Encodings Boost Length Generalization of Tr
 arXiv 2305.16843); reference: google-deepmind/randomized_positional_encodings (``models/``).
 
 Architecture as in the reference ``models/transformer.py``: non-causal, post-LN, embeddings scaled by
-sqrt(d), no biases in q/k/v/o, ReLU FFN, dropout 0.1 (only in training: the reference leaves it on at
-evaluation, a defect we do not copy), linear read-out. Shapes: B batch, T tape length, H heads, D width,
+sqrt(d), no biases in q/k/v/o, ReLU FFN, dropout 0.1 after attention and FFN and, for the absolute PEs only,
+after adding the position encoding (only in training: the reference leaves it on at evaluation, a defect we
+do not copy), linear read-out, and Haiku's initializers (:func:`init_like_reference`). Shapes: B batch, T tape length, H heads, D width,
 Dh = D / H head width.
 
 Positional encodings (``PES``, named in :mod:`longseq.lengthgen.protocol` so that validation needs no
@@ -169,6 +170,26 @@ class Block(nn.Module):
         return self.ln2(x + self.drop(self.ffn(x)))
 
 
+def _trunc_normal(weight: torch.Tensor, std: float) -> None:
+    """Haiku's ``TruncatedNormal(std)``: a normal truncated at two standard deviations, not rescaled."""
+    nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+def init_like_reference(model: "Encoder") -> None:
+    """The reference's parameter initialization (Haiku defaults, ``models/transformer.py``): every linear
+    layer ``TruncatedNormal(1 / sqrt(fan_in))`` with zero biases, the input embedding
+    ``TruncatedNormal(0.02)`` (before the sqrt(d) scaling), a learned position table ``TruncatedNormal(1)``;
+    LayerNorm scale 1 and offset 0 and the relative PE's biases N(0, 0.02) are PyTorch's/ours already."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            _trunc_normal(module.weight, module.in_features**-0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    _trunc_normal(model.embed.weight, 0.02)
+    if model.base == "learned":
+        _trunc_normal(model.pos_table.weight, 1.0)
+
+
 class Encoder(nn.Module):
     """The length-generalization transformer: token ids ``(B, T)`` -> logits ``(B, T, output_size)``.
 
@@ -188,6 +209,7 @@ class Encoder(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.output_size)
         # Source of randomized positions: torch's global RNG unless set (evaluation sets its own).
         self.position_generator: torch.Generator | None = None
+        init_like_reference(self)
 
     def positions(self, t: int, device: torch.device) -> torch.Tensor:
         """Positions for a tape of length ``t``: ``0..t-1``, or a fresh ordered random subset of [0, L)."""
@@ -207,10 +229,9 @@ class Encoder(nn.Module):
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         pos = self.positions(t, tokens.device)
         if self.base == "sin_cos":
-            x = x + sinusoid(pos, self.cfg.d_model, self.cfg.max_time).to(x.dtype)
+            x = self.drop(x + sinusoid(pos, self.cfg.d_model, self.cfg.max_time).to(x.dtype))
         elif self.base == "learned":
-            x = x + self.pos_table(pos)
-        x = self.drop(x)
+            x = self.drop(x + self.pos_table(pos))
         per_layer = self.randomized and self.base not in ABSOLUTE and self.cfg.resample == "layer"
         for i, block in enumerate(self.blocks):
             if per_layer and i > 0:

@@ -1,8 +1,11 @@
 """The benchmark's results: the per-(task, PE) summary, the markdown report and the accuracy-vs-length plot.
 
-A cell's ``accuracy_mean`` is the mean over seeds at the learning rate whose mean is best, and its
-``accuracy_best`` the best single run (the number Ruoss et al., ACL 2023, report). Written by
-:func:`write_outputs` into the run folder as ``summary.json``, ``report.md`` and ``accuracy_vs_length.png``.
+Two metrics: ``accuracy`` is the reference's per-token accuracy (tokens up to the end token), the one behind
+the tables of Ruoss et al. (ACL 2023); ``sequence_accuracy`` counts a sequence only when all its tokens are
+right. A cell's ``accuracy_mean`` is the mean over seeds at the learning rate whose mean per-token accuracy
+is best, and its ``accuracy_best`` the best single run (the number the paper reports); the
+``sequence_accuracy_*`` fields are the same runs' per-sequence accuracy. Written by :func:`write_outputs` into
+the run folder as ``summary.json``, ``report.md`` and ``accuracy_vs_length.png`` (per-token).
 """
 
 from __future__ import annotations
@@ -30,12 +33,18 @@ def _best_lr_group(runs: list[dict[str, Any]]) -> tuple[float, list[dict[str, An
 
 
 def summarize(records: list[dict[str, Any]], p: Protocol) -> dict[str, Any]:
-    """``{"results": [{"task","pe","accuracy_mean","accuracy_best","seeds", ...}]}`` over finished runs.
+    """``{"results": [{"task","pe","accuracy_mean","accuracy_best","sequence_accuracy_mean", ...}]}``.
 
-    ``accuracy_mean``: the mean over seeds at the learning rate whose mean is best; ``accuracy_best``: the
-    best single run (the paper's number). Accuracies are fractions in [0, 1]. Records of other protocols
-    (fingerprints), learning rates or seeds in the same ``runs.jsonl`` are ignored.
+    ``accuracy_mean``: the mean per-token accuracy over seeds at the learning rate whose mean is best;
+    ``accuracy_best``: the best single run (the paper's number); ``sequence_accuracy_mean`` /
+    ``sequence_accuracy_best``: the per-sequence accuracy of the same group / the best run by it.
+    Accuracies are fractions in [0, 1]. Records of other protocols (fingerprints), learning rates or seeds
+    in the same ``runs.jsonl`` are ignored, and a run key met twice counts once.
     """
+    unique: dict[str, dict[str, Any]] = {}
+    for r in records:
+        unique.setdefault(r["key"], r)  # the first copy of a key
+    records = list(unique.values())
     fp = p.fingerprint()
     results = []
     for task in p.tasks:
@@ -45,16 +54,23 @@ def summarize(records: list[dict[str, Any]], p: Protocol) -> dict[str, Any]:
             if not runs:
                 continue
             lr, group = _best_lr_group(runs)
-            per_length = {str(n): float(np.mean([r["per_length"][str(n)] for r in group])) for n in p.test_lengths}
             results.append({
                 "task": task, "pe": pe,
                 "accuracy_mean": float(np.mean([r["accuracy"] for r in group])),
                 "accuracy_best": float(max(r["accuracy"] for r in runs)),
+                "sequence_accuracy_mean": float(np.mean([r["sequence_accuracy"] for r in group])),
+                "sequence_accuracy_best": float(max(r["sequence_accuracy"] for r in runs)),
                 "seeds": len(group), "lr": lr,
                 "train_accuracy": float(np.mean([r["train_accuracy"] for r in group])),
-                "per_length": per_length,
+                "per_length": _mean_per_length(group, "per_length", p),
+                "per_length_sequence": _mean_per_length(group, "per_length_sequence", p),
             })
     return {"protocol": {**asdict(p), "fingerprint": fp}, "results": results}
+
+
+def _mean_per_length(group: list[dict[str, Any]], field: str, p: Protocol) -> dict[str, float]:
+    """``{"n": mean over the group's runs of record[field]["n"]}`` for every test length."""
+    return {str(n): float(np.mean([r[field][str(n)] for r in group])) for n in p.test_lengths}
 
 
 def _span(lengths: list[int]) -> str:
@@ -64,8 +80,9 @@ def _span(lengths: list[int]) -> str:
     return f"{lengths[0]}-{lengths[-1]} ({len(lengths)} lengths)"
 
 
-def _gain_table(cells: dict[tuple[str, str], dict[str, Any]], tasks: list[str], pes: list[str]) -> list[str]:
-    """Lines of the randomized-minus-plain table (percentage points), or none without such a pair."""
+def _gain_table(cells: dict[tuple[str, str], dict[str, Any]], tasks: list[str], pes: list[str],
+                metric: str = "accuracy") -> list[str]:
+    """Lines of the randomized-minus-plain table of ``metric`` (percentage points), or none without a pair."""
     pairs = [(b, f"randomized_{b}") for b in (split_pe(pe)[0] for pe in pes if not pe.startswith("randomized_"))
              if f"randomized_{b}" in pes]
     if not pairs:
@@ -76,36 +93,54 @@ def _gain_table(cells: dict[tuple[str, str], dict[str, Any]], tasks: list[str], 
         row = [t]
         for b, r in pairs:
             if (t, b) in cells and (t, r) in cells:
-                g = 100 * (cells[t, r]["accuracy_mean"] - cells[t, b]["accuracy_mean"])
+                g = 100 * (cells[t, r][f"{metric}_mean"] - cells[t, b][f"{metric}_mean"])
                 gains[b].append(g)
                 row.append(f"{g:+.1f}")
             else:
                 row.append("")
         rows.append(row)
     rows.append(["**average**"] + [f"**{np.mean(gains[b]):+.1f}**" if gains[b] else "" for b, _ in pairs])
-    return ["", "Randomized gain (percentage points, mean over seeds; randomized minus plain):", "",
-            md_table(["task"] + [f"{r} - {b}" for b, r in pairs], rows)]
+    return ["", f"Randomized gain in {_METRICS[metric]} (percentage points, mean over seeds; randomized minus "
+                "plain):", "", md_table(["task"] + [f"{r} - {b}" for b, r in pairs], rows)]
+
+
+_METRICS = {"accuracy": "per-token accuracy", "sequence_accuracy": "per-sequence accuracy"}
+
+
+def _accuracy_table(cells: dict[tuple[str, str], dict[str, Any]], tasks: list[str], pes: list[str],
+                    metric: str) -> str:
+    """Task x PE markdown table of ``metric`` in %: mean over seeds (best run)."""
+    rows = [[t, CHOMSKY_TASKS[t].level]
+            + [f"{100 * cells[t, pe][f'{metric}_mean']:.1f} ({100 * cells[t, pe][f'{metric}_best']:.1f})"
+               if (t, pe) in cells else "" for pe in pes] for t in tasks]
+    return md_table(["task", "level", *pes], rows)
 
 
 def render_report(summary: dict[str, Any]) -> str:
-    """Markdown: a task x PE table (mean over seeds, best in brackets) and each randomized variant's gain."""
+    """Markdown: per metric, a task x PE table (mean over seeds, best in brackets) and each randomized
+    variant's gain."""
     p = summary["protocol"]
     cells = {(r["task"], r["pe"]): r for r in summary["results"]}
     tasks = [t for t in p["tasks"] if any(k[0] == t for k in cells)]
     pes = [pe for pe in p["pes"] if any(k[1] == pe for k in cells)]
-    rows = [[t, CHOMSKY_TASKS[t].level]
-            + [f"{100 * cells[t, pe]['accuracy_mean']:.1f} ({100 * cells[t, pe]['accuracy_best']:.1f})"
-               if (t, pe) in cells else "" for pe in pes] for t in tasks]
     lines = [
         "# Length generalization (Ruoss et al. 2023 protocol)",
         "",
         f"Train lengths {_span(p['train_lengths'])}, test lengths {_span(p['test_lengths'])}, "
         f"{p['steps']} steps x batch {p['batch_size']}, lr {', '.join(f'{x:g}' for x in p['lrs'])}, "
-        f"{p['eval_samples']} test sequences per length, L = {p['max_len']}.",
-        "Per-sequence accuracy (%) averaged over the test lengths: mean over seeds (best seed).",
+        f"{p['eval_samples']} test sequences per length, L = {p['max_len']}, {p.get('loss', 'full')} loss.",
         "",
-        md_table(["task", "level", *pes], rows),
-        *_gain_table(cells, tasks, pes),
+        "Per-token accuracy (%, the reference's metric) averaged over the test lengths: mean over seeds "
+        "(best seed).",
+        "",
+        _accuracy_table(cells, tasks, pes, "accuracy"),
+        *_gain_table(cells, tasks, pes, "accuracy"),
+        "",
+        "Per-sequence accuracy (%, every output token right) averaged over the test lengths: mean over seeds "
+        "(best seed).",
+        "",
+        _accuracy_table(cells, tasks, pes, "sequence_accuracy"),
+        *_gain_table(cells, tasks, pes, "sequence_accuracy"),
     ]
     return "\n".join(lines) + "\n"
 
@@ -126,7 +161,7 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
             ax.plot(n, [r["per_length"][str(k)] for k in n], style, label=r["pe"])
         ax.set_title(task)
         ax.set_xlabel("test length")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel("per-token accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
