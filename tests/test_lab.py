@@ -102,10 +102,14 @@ def test_report_says_when_no_model_retrieved_anything():
 
 def test_perplexity_is_token_weighted(tmp_path):
     path = tmp_path / "samples.jsonl"
-    rows = [{"task": "ppl", "method": "none", "length": 64, "nll": 10.0, "scored_tokens": 10},
-            {"task": "ppl", "method": "none", "length": 64, "nll": 30.0, "scored_tokens": 10},
-            {"task": "passkey", "method": "none", "length": 64, "score": 1.0}]
+    common = {"method": "none", "length": 64, "subtask": None, "prompt_tokens": 64, "score": 0.0}
+    rows = [{**common, "task": "ppl", "index": 0, "nll": 10.0, "scored_tokens": 10},
+            {**common, "task": "ppl", "index": 1, "nll": 30.0, "scored_tokens": 10},
+            {**common, "task": "passkey", "index": 0, "score": 1.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert perplexities(path) == {"none": {64: pytest.approx(2.718281828 ** 2)}}
+    # a duplicated line (two writers, an old resume) counts once
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[1:2]))
     assert perplexities(path) == {"none": {64: pytest.approx(2.718281828 ** 2)}}
 
 
@@ -161,3 +165,58 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     assert (arm / "model" / "config.json").is_file()
     assert [r["step"] for r in read_jsonl(arm / "metrics.jsonl")] == list(range(1, SIZES["test"].finetune_steps + 1))
     assert third["evals"] == summary["evals"]
+
+
+def _fake_train(arm, steps, trainable=7):
+    """A stand-in for the ``longseq train`` child: writes one run's model and metrics into ``arm``."""
+    from types import SimpleNamespace
+
+    def child(cmd, stdout, env=None, pass_fds=()):
+        assert "--resume" not in cmd and not arm.exists()  # a fresh attempt in an empty folder
+        (arm / "model").mkdir(parents=True)
+        (arm / "model" / "config.json").write_text("{}")
+        (arm / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss": 1.0 / s, "tokens": 10, "step_s": 0.5}) + "\n" for s in steps))
+        stdout.write(json.dumps({"parameters": {"trainable": trainable}}))
+        return 0, SimpleNamespace(ru_maxrss=2048)
+
+    return child
+
+
+def test_an_interrupted_training_arm_is_rerun_whole_and_its_cost_is_one_run(tmp_path, monkeypatch):
+    from longseq.lab import stages
+
+    arm = tmp_path / "ft-pi"
+    arm.mkdir()  # a previous attempt, killed at step 2 of 4 (or finished by an orphan): no cost file
+    (arm / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0, "tokens": 99, "step_s": 50.0})
+                                               + "\n" for s in (1, 2)))
+    (arm / "checkpoint").mkdir()
+    recipe = {"steps": 4, "seed": 0}
+    monkeypatch.setattr(stages, "run_child", _fake_train(arm, range(1, 5)))
+    cost = stages.run_training(tmp_path, "ft-pi", recipe)
+    assert (cost["tokens"], cost["train_seconds"], cost["peak_rss_mb"], cost["final_loss"]) == (40, 2.0, 2.0, 0.25)
+    assert len(cost["run_id"]) == 12 and cost["trainable_parameters"] == 7
+    assert json.loads((tmp_path / "costs" / "ft-pi.json").read_text()) == cost
+    monkeypatch.setattr(stages, "run_child", lambda *a, **k: pytest.fail("a finished arm is cached"))
+    assert stages.run_training(tmp_path, "ft-pi", recipe) == cost
+    # metrics that are not exactly one run's steps are refused, never measured
+    (tmp_path / "costs" / "ft-pi.json").unlink()
+    monkeypatch.setattr(stages, "run_child", _fake_train(arm, [1, 2, 1, 2, 3, 4]))
+    with pytest.raises(UserError, match="does not hold one run's steps 1..4"):
+        stages.run_training(tmp_path, "ft-pi", recipe)
+    assert not (tmp_path / "costs" / "ft-pi.json").exists()
+
+
+def test_lab_refuses_a_folder_in_use_and_an_eval_folder(tmp_path):
+    from longseq.core.rundir import claim_kind, lock_run_folder
+
+    (tmp_path / "ev").mkdir()
+    claim_kind(tmp_path / "ev", "eval")
+    with pytest.raises(UserError, match="holds a longseq eval run, not a lab run"):
+        run_lab(tmp_path / "ev", "test")
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["longseq-run.json"]
+    (tmp_path / "lab").mkdir()
+    with lock_run_folder(tmp_path / "lab"):
+        with pytest.raises(UserError, match="another longseq run is using"):
+            run_lab(tmp_path / "lab", "test")
+    assert not (tmp_path / "lab" / "lab.json").exists()

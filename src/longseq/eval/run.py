@@ -3,11 +3,17 @@
 Runs the tasks of :mod:`longseq.eval.tasks` over a grid of (RoPE method x length), one model load per
 method, and writes to ``--out``:
   * ``samples.jsonl``: one line per scored sample, appended as soon as it is scored; re-running the same
-    command skips every sample already there (resume);
+    command skips every sample already there (resume). Records are keyed by (method, task, subtask,
+    length, index): a key is written once and counted once, even if the file holds a duplicated line;
   * ``summary.json``: ``{"model", "threshold", "results": [{"task", "method", "length", "score", "n", ...}],
     "effective_length": {method: int}}`` (:mod:`longseq.eval.summary`);
   * ``report.md``, ``score_vs_length.png`` and the tasks' own figures, e.g. ``niah_heatmap.png``
-    (:mod:`longseq.eval.report`).
+    (:mod:`longseq.eval.report`);
+  * ``run.json`` (the settings a resume must repeat), ``longseq-run.json`` and ``.longseq.lock``
+    (:mod:`longseq.core.rundir`: the folder is an eval folder, used by one run at a time).
+
+Every setting, the prompts of every pending sample and the memory estimate are checked before anything
+is written, so a bad command leaves no trace.
 """
 
 from __future__ import annotations
@@ -18,15 +24,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from longseq.core.errors import UserError
-from longseq.core.fsutil import append_jsonl, atomic_write_text, read_jsonl
-from longseq.core.rundir import claim_run_folder
+from longseq.core.fsutil import KeyedJsonl, atomic_write_text, output_errors
+from longseq.core.rundir import claim_kind, claim_run_folder, lock_run_folder
 from longseq.core.runtime import tune_process
 from longseq.eval.engine import HFEngine, OpenAIEngine, check_fits, resolve_prompt_format
 from longseq.eval.plan import EvalConfig, plan
 from longseq.eval.report import format_table, report_markdown, write_plots
 from longseq.eval.summary import summarize
 from longseq.eval.tasks import EVAL_TASKS, PlannedSample, RunContext, record_key
-from longseq.models.loading import load_config, load_tokenizer
+from longseq.models.loading import load_config, load_tokenizer, pick_dtype
 
 __all__ = ["EvalConfig", "run_eval"]
 
@@ -42,8 +48,28 @@ def _claim(out: Path, cfg: EvalConfig, fmt: str) -> None:
     """Refuse to mix samples of a different model / seed / prompt format / backend in one folder."""
     ident = {"model": _model_id(cfg.model), "seed": cfg.seed, "prompt_format": fmt, "backend": cfg.backend,
              "api_model": cfg.api_model if cfg.backend == "openai" else None}
-    claim_run_folder(out, "run.json", ident,
+    claim_run_folder(out, "run.json", ident, kind="eval",
                      normalize=lambda old: {**old, "model": _model_id(old["model"])} if "model" in old else old)
+
+
+def check_record(rec: dict[str, Any]) -> None:
+    """Raise ``KeyError``/``TypeError`` on a ``samples.jsonl`` record without the fields resume and the summary
+    read (a hand-edited or foreign line); :func:`longseq.core.fsutil.read_jsonl` names its file:line."""
+    for name, kinds in _FIELDS.items():
+        value = rec[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TypeError(f"field '{name}' is {json.dumps(value)}, not {' or '.join(k.__name__ for k in kinds)}")
+    if not isinstance(rec.get("subtask") or "", str):
+        raise TypeError(f"field 'subtask' is {json.dumps(rec['subtask'])}, not a string")
+
+
+_FIELDS: dict[str, tuple[type, ...]] = {"task": (str,), "method": (str,), "length": (int,), "index": (int,),
+                                        "score": (int, float), "prompt_tokens": (int, float)}
+
+
+def open_samples(out: Path) -> KeyedJsonl:
+    """``out/samples.jsonl`` keyed by sample: checked records, each key once (the first copy)."""
+    return KeyedJsonl(out / "samples.jsonl", record_key, check_record)
 
 
 def _engine_factory(cfg: EvalConfig) -> Callable[..., Any]:
@@ -60,7 +86,7 @@ def _engine_factory(cfg: EvalConfig) -> Callable[..., Any]:
 
 
 def _run_pending(cfg: EvalConfig, ctx: RunContext, planned: list[PlannedSample], pending: list[PlannedSample],
-                 samples_path: Path, progress: bool) -> None:
+                 samples: KeyedJsonl, progress: bool) -> None:
     """Score every pending sample, one model load per method, appending each record as soon as it is scored."""
     from tqdm import tqdm
 
@@ -74,48 +100,60 @@ def _run_pending(cfg: EvalConfig, ctx: RunContext, planned: list[PlannedSample],
             for sample in (s for s in pending if s.method == method):
                 bar.set_description(f"{method} {sample.label} {sample.length}")
                 rec = EVAL_TASKS[sample.task].run(ctx, engine, sample)
-                append_jsonl(samples_path, {"task": sample.task, "subtask": sample.subtask or None, "method": method,
-                                            "length": sample.length, "index": sample.index, "seed": cfg.seed, **rec})
+                samples.append({"task": sample.task, "subtask": sample.subtask or None, "method": method,
+                                "length": sample.length, "index": sample.index, "seed": cfg.seed, **rec})
                 bar.update(1)
             del engine
     finally:
         bar.close()
 
 
+def _check_before_writing(cfg: EvalConfig, ctx: RunContext, planned: list[PlannedSample], out: Path) -> KeyedJsonl:
+    """Everything that can fail on the user's input, before a byte is written: the folder, the samples
+    already there (returned), the memory each length needs (or the server), and the prompt of every
+    pending sample."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder")
+    claim_kind(out, "eval", record=False)
+    done = open_samples(out)
+    if cfg.backend == "hf":
+        config = load_config(cfg.model)
+        bpv = pick_dtype(cfg.dtype).itemsize
+        for length in sorted({s.length for s in planned}):
+            check_fits(config, length, cfg.chunk_size, bpv)
+    else:
+        _engine_factory(cfg)("none").check()  # server down -> one line, before anything is written
+    # One sample per (task, subtask, length) before loading any model: a length too short fails now.
+    for sample in {(s.task, s.subtask, s.length): s for s in planned if s.key not in done}.values():
+        EVAL_TASKS[sample.task].prepare(ctx, sample)
+    return done
+
+
 def run_eval(cfg: EvalConfig, progress: bool = True, quiet: bool = False) -> dict[str, Any]:
     """Run (or resume) an evaluation and write samples.jsonl, summary.json, report.md and plots.
 
-    Returns the summary dict (also written to ``out/summary.json``).
+    Returns the summary dict (also written to ``out/summary.json``). Raises :class:`UserError` when another
+    run holds the folder, and on a full disk or an unwritable ``out`` (what was saved stays intact).
     """
     tune_process()
     cfg.validate()
     tokenizer = load_tokenizer(cfg.model)
     fmt = resolve_prompt_format(cfg.prompt_format, tokenizer)
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a folder")
     planned = plan(cfg)
-    if cfg.backend == "hf":
-        config = load_config(cfg.model)
-        bpv = 2 if str(cfg.dtype) in ("auto", "bfloat16", "float16") else 4
-        for length in sorted({s.length for s in planned}):
-            check_fits(config, length, cfg.chunk_size, bpv)
-    else:
-        _engine_factory(cfg)("none").check()  # server down -> one line, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    _claim(out, cfg, fmt)
-    samples_path = out / "samples.jsonl"
-    done = {record_key(r) for r in read_jsonl(samples_path)}
-    pending = [s for s in planned if s.key not in done]
     ctx = RunContext(cfg, tokenizer, fmt)
-    # Build one sample per (task, subtask, length) before loading any model: a length too short fails now.
-    for sample in {(s.task, s.subtask, s.length): s for s in pending}.values():
-        EVAL_TASKS[sample.task].prepare(ctx, sample)
-    _run_pending(cfg, ctx, planned, pending, samples_path, progress)
-    summary = summarize(cfg, read_jsonl(samples_path), planned, fmt)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    plots = write_plots(summary, out)
-    atomic_write_text(out / "report.md", report_markdown(summary, plots))
+    samples = _check_before_writing(cfg, ctx, planned, out)
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with lock_run_folder(out):
+            _claim(out, cfg, fmt)
+            samples.refresh()  # what another run appended before this one took the lock
+            pending = [s for s in planned if s.key not in samples]
+            _run_pending(cfg, ctx, planned, pending, samples, progress)
+            summary = summarize(cfg, samples.values(), planned, fmt)
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            plots = write_plots(summary, out)
+            atomic_write_text(out / "report.md", report_markdown(summary, plots))
     if not quiet:
         print(format_table(summary))
     return summary

@@ -17,20 +17,23 @@ claims on a few-million-parameter Llama in minutes, through the same code paths 
             numbers, a verdict computed from them by :data:`longseq.lab.findings.FINDINGS`), plots
             (:mod:`longseq.lab.report`)
 
-Every stage is cached under ``--out`` and an interrupted lab resumes where it stopped.
+Every stage is cached under ``--out`` and an interrupted lab resumes where it stopped (a training arm it
+did not finish is redone whole, so its measured cost is one run's). One lab at a time uses a folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from longseq.core.errors import UserError, unknown_choice
-from longseq.core.fsutil import atomic_write_text
-from longseq.core.rundir import claim_run_folder
+from longseq.core.fsutil import atomic_write_text, output_errors
+from longseq.core.rundir import claim_kind, claim_run_folder, lock_run_folder
 from longseq.lab.presets import SIZES
 from longseq.lab.report import report_markdown, summarize, write_plots
 from longseq.lab.stages import log, run_stages
@@ -44,19 +47,41 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
     out = Path(out).resolve()  # recipes and eval folders record absolute paths: the lab resumes from any folder
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    _claim(out, {"size": size_name, "settings": asdict(size), "seed": seed})
-    started = time.time()
-    try:
-        lengths, costs, evals = run_stages(out, size, seed)
-    finally:  # wall time over every invocation, so a resumed lab reports what the whole run cost
-        seconds = _add_elapsed(out, time.time() - started)
-    log("[5/5] report")
-    summary = summarize(size_name, size, seed, lengths, costs, evals, seconds)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    plots = write_plots(summary, out)
-    atomic_write_text(out / "report.md", report_markdown(summary, plots))
+    claim_kind(out, "lab", record=False)
+    with output_errors(out), _sigterm_as_exit():
+        out.mkdir(parents=True, exist_ok=True)
+        with lock_run_folder(out) as lock_fd:
+            _claim(out, {"size": size_name, "settings": asdict(size), "seed": seed})
+            started = time.time()
+            try:
+                lengths, costs, evals = run_stages(out, size, seed, lock_fd)
+            finally:  # wall time over every invocation, so a resumed lab reports what the whole run cost
+                seconds = _add_elapsed(out, time.time() - started)
+            log("[5/5] report")
+            summary = summarize(size_name, size, seed, lengths, costs, evals, seconds)
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            plots = write_plots(summary, out)
+            atomic_write_text(out / "report.md", report_markdown(summary, plots))
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Within the block (main thread only), SIGTERM raises ``SystemExit(143)`` so that cleanup runs: the
+    training child's process group is stopped (:func:`longseq.lab.stages.run_child`)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: nothing to restore
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _claim(out: Path, ident: dict[str, Any]) -> None:
@@ -72,7 +97,7 @@ def _claim(out: Path, ident: dict[str, Any]) -> None:
                             "choose another --out")
         return old
 
-    claim_run_folder(out, "lab.json", ident, what="a lab run", normalize=same_keys)
+    claim_run_folder(out, "lab.json", ident, what="a lab run", normalize=same_keys, kind="lab")
 
 
 def _add_elapsed(out: Path, seconds: float) -> float:

@@ -1,24 +1,31 @@
 """Stages 1-4 of the lab: data, pre-training, fine-tuning and evaluation, each cached under ``--out``.
 
 Training runs ``longseq train`` as a subprocess (exactly what a user runs, with its own peak memory);
-evaluation runs :func:`longseq.eval.run.run_eval` in process. Both resume a partial run.
+evaluation runs :func:`longseq.eval.run.run_eval` in process and resumes a partial run. A training arm's
+cost is a measurement of one whole run: an arm the lab did not finish is rerun from scratch, and its
+child dies with the lab (own process group, killed on exit; ``PR_SET_PDEATHSIG`` on Linux when the lab
+itself is killed), so no orphan keeps writing into the folder of the rerun.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from longseq.core.errors import UserError
 from longseq.core.fsutil import atomic_write_text, read_jsonl
 from longseq.eval.plan import EvalConfig
-from longseq.eval.run import run_eval
+from longseq.eval.run import open_samples, run_eval
 from longseq.lab.data import build_data, build_init
 from longseq.lab.presets import FACTORS, FINETUNES, FT_FACTOR, LAB_TASKS, ZERO_SHOT, LabSize
 
@@ -33,10 +40,64 @@ def log(msg: str) -> None:
 # -------------------------------------------------------------------------------------------- training
 
 
-def run_training(out: Path, name: str, recipe: dict[str, Any], faithful_memory: bool = False) -> dict[str, Any]:
-    """Run ``longseq train --config`` in a subprocess (resuming a partial run); return cost figures.
+def _pdeathsig() -> Any:
+    """libc's ``prctl`` (Linux), looked up in the parent: the child must not ``dlopen`` between fork and exec."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: the process group kill of run_child still applies
+        return None
+
+
+def _die_with_parent(prctl: Any, parent: int) -> None:
+    """In the child, before exec: get SIGKILL when the parent dies (``PR_SET_PDEATHSIG`` = 1, kept across
+    exec), and exit at once if the parent is already gone."""
+    if prctl is not None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the child's process group, SIGKILL it after 10 s, and reap the child."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_child(cmd: Sequence[str], stdout: Any, env: dict[str, str] | None = None,
+              pass_fds: Sequence[int] = ()) -> tuple[int, Any]:
+    """Run ``cmd`` to the end in its own process group; return (exit code, its ``os.wait4`` resource usage).
+
+    The child dies with the caller: its group is killed when the caller leaves early (an exception, Ctrl-C,
+    SIGTERM turned into an exception) and, on Linux, the kernel kills it when the caller is SIGKILLed.
+    ``wait4`` reports this child's own peak resident memory (``RUSAGE_CHILDREN`` would mix all arms).
+    """
+    proc = subprocess.Popen(list(cmd), stdout=stdout, env=env, start_new_session=True, pass_fds=tuple(pass_fds),
+                            preexec_fn=lambda prctl=_pdeathsig(), parent=os.getpid(): _die_with_parent(prctl, parent))
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        _stop_group(proc)
+        raise
+    return os.waitstatus_to_exitcode(status), usage
+
+
+def run_training(out: Path, name: str, recipe: dict[str, Any], faithful_memory: bool = False,
+                 lock_fd: int | None = None) -> dict[str, Any]:
+    """Run ``longseq train --config`` in a subprocess; return cost figures (cached in ``costs/NAME.json``).
 
     A subprocess gives each arm its own peak resident memory (``os.wait4``) and is exactly what a user runs.
+    The cost file is written atomically once the arm is complete, with the ``run_id`` of that attempt; an
+    arm without one (interrupted, or finished by a process the lab no longer owns) is rerun whole from an
+    empty folder, so time, peak memory and metrics always describe one run. ``lock_fd`` (the lab folder's
+    lock) is inherited by the child: a child that outlived its lab keeps the folder locked.
     ``faithful_memory`` runs it with glibc's default allocator (``LONGSEQ_MALLOC=system``): about 2x slower
     here, but peak RSS then tracks live memory instead of the blocks the tuned allocator keeps
     (:mod:`longseq.core.runtime`), which moved the same arm's peak by 5-15% between runs.
@@ -45,35 +106,34 @@ def run_training(out: Path, name: str, recipe: dict[str, Any], faithful_memory: 
     cost_file = out / "costs" / f"{name}.json"
     if (run_dir / "model" / "config.json").is_file() and cost_file.is_file():
         return json.loads(cost_file.read_text())
+    run_id = uuid.uuid4().hex[:12]
+    if run_dir.exists():
+        log(f"{name}: rerunning the interrupted arm whole (its cost must come from one run)")
+        shutil.rmtree(run_dir)
     recipe_path = out / "recipes" / f"{name}.yaml"
     import yaml
 
     recipe_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recipe_path, yaml.safe_dump({**recipe, "out": str(run_dir)}, sort_keys=True))
-    # --resume always: train starts fresh when the folder holds no checkpoint yet (an arm interrupted before its
-    # first save) and picks up checkpoint.old after a kill between its two renames.
-    cmd = [sys.executable, "-m", "longseq", "train", "--config", str(recipe_path), "--resume"]
+    cmd = [sys.executable, "-m", "longseq", "train", "--config", str(recipe_path)]
     log(f"{name}: {' '.join(cmd[1:])}")
     start = time.time()
     log_path = out / "recipes" / f"{name}.out.json"
     with open(log_path, "w", encoding="utf-8") as fh:
         env = {**os.environ, "LONGSEQ_MALLOC": "system"} if faithful_memory else None
-        proc = subprocess.Popen(cmd, stdout=fh, env=env)
-        try:
-            # wait4 reports this child's own peak resident memory (RUSAGE_CHILDREN would mix all arms).
-            _, status, usage = os.wait4(proc.pid, 0)
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise UserError(f"lab stage {name} failed (exit {proc.returncode}); fix the error above and rerun the lab "
+        code, usage = run_child(cmd, fh, env, () if lock_fd is None else (lock_fd,))
+    if code != 0:
+        raise UserError(f"lab stage {name} failed (exit {code}); fix the error above and rerun the lab "
                         "to resume")
     text = log_path.read_text(encoding="utf-8")
     result = json.loads(text[text.index("{"):])
     metrics = read_jsonl(run_dir / "metrics.jsonl")
-    cost = {"seconds": round(time.time() - start, 1),
+    steps = [m.get("step") for m in metrics]
+    if steps != list(range(1, int(recipe["steps"]) + 1)):
+        raise UserError(f"lab stage {name}: {run_dir / 'metrics.jsonl'} does not hold one run's steps 1.."
+                        f"{recipe['steps']}; rerun the lab (the arm is redone)")
+    cost = {"run_id": run_id,
+            "seconds": round(time.time() - start, 1),
             "train_seconds": round(sum(m.get("step_s", 0.0) for m in metrics), 1),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
             "tokens": sum(int(m.get("tokens", 0)) for m in metrics),
@@ -129,7 +189,7 @@ def _by_cell(acc: dict[tuple[str, int], Any], value: Any) -> Curve:
 def perplexities(samples: Path) -> Curve:
     """Token-level perplexity per (method, length): exp(sum of NLL / sum of scored tokens)."""
     acc: dict[tuple[str, int], list[float]] = {}
-    for r in read_jsonl(samples):
+    for r in open_samples(samples.parent).values():  # each sample once, even if a line is duplicated
         if r["task"] == "ppl":
             a = acc.setdefault((r["method"], int(r["length"])), [0.0, 0.0])
             a[0] += float(r["nll"])
@@ -149,8 +209,11 @@ def retrieval(summary: dict[str, Any]) -> Curve:
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def run_stages(out: Path, size: LabSize, seed: int) -> tuple[list[int], dict[str, Any], dict[str, dict[str, Any]]]:
-    """Stages 1-4 (each cached under ``out``): lengths, training costs and eval summaries."""
+def run_stages(out: Path, size: LabSize, seed: int,
+               lock_fd: int | None = None) -> tuple[list[int], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Stages 1-4 (each cached under ``out``): lengths, training costs and eval summaries.
+
+    ``lock_fd``: the lab folder's lock, handed to every training child (:func:`run_training`)."""
     L = size.native
     lengths = [L, 2 * L, 4 * L, 8 * L]
 
@@ -161,14 +224,15 @@ def run_stages(out: Path, size: LabSize, seed: int) -> tuple[list[int], dict[str
     log("[2/5] pre-training at L, plain and randomized positions")
     pre = {**base_recipe(size, seed), "model": init, "method": "full", "rope": "none", "data": data["pretrain"],
            "seq_len": L, "steps": size.pretrain_steps, "lr": size.pretrain_lr}
-    costs = {"pretrain-std": run_training(out, "pretrain-std", pre),
-             "pretrain-rand": run_training(out, "pretrain-rand", {**pre, "randomized_positions": 8 * L})}
+    costs = {"pretrain-std": run_training(out, "pretrain-std", pre, lock_fd=lock_fd),
+             "pretrain-rand": run_training(out, "pretrain-rand", {**pre, "randomized_positions": 8 * L},
+                                           lock_fd=lock_fd)}
     std_model, rand_model = str(out / "pretrain-std" / "model"), str(out / "pretrain-rand" / "model")
 
     log(f"[3/5] fine-tuning at {FT_FACTOR}L with one token budget")
     for ft in FINETUNES:
         recipe = finetune_recipe(size, seed, std_model, data["finetune"], ft.method, ft.rope)
-        costs[ft.name] = run_training(out, ft.name, recipe, faithful_memory=True)  # their costs are compared
+        costs[ft.name] = run_training(out, ft.name, recipe, True, lock_fd)  # their costs are compared
 
     log("[4/5] evaluation: perplexity, passkey, lines at 1L..8L")
     evals: dict[str, dict[str, Any]] = {}
