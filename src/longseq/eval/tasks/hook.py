@@ -43,7 +43,8 @@ def record_key(rec: dict[str, Any]) -> tuple[str, str, str, int, int]:
 
 
 class Settings(Protocol):
-    """The run settings tasks read (an :class:`longseq.eval.plan.EvalConfig` provides them)."""
+    """The run settings tasks read (an :class:`longseq.eval.plan.EvalConfig` provides them). RULER also reads
+    an optional ``ruler_qa`` (the QA data files, a list of paths) when the settings have it."""
 
     samples: int
     seed: int

@@ -3,16 +3,16 @@
   * ``passkey``  Landmark Attention (Mohtashami & Jaggi 2023), strings copied from epfml/landmark-attention.
   * ``lines``    LongChat LongEval line retrieval (LMSYS 2023); last integer of the answer must match.
   * ``topics``   LongEval coarse retrieval: which topic was discussed first; topic-name match.
-  * ``niah``     Needle in a haystack (Kamradt 2023) at a given depth; substring recall of the key fact.
+  * ``niah``     Needle in a haystack (Kamradt 2023) at a depth in tokens; substring recall of the key fact.
 
-Construction and scoring: docs/eval.md (tasks table).
+Prompts follow each reference's wording and structure (templates transcribed below); construction and
+scoring: docs/eval.md (tasks table), remaining differences: docs/fidelity.md.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,7 @@ from longseq.core.tables import fmt_len
 from longseq.eval.tasks.generate import GenerationTask, Prompt, register
 from longseq.eval.tasks.hook import PlannedSample, Settings
 from longseq.eval.tasks.scoring import score_contains, score_exact_int, score_last_int, score_recall
-from longseq.eval.tasks.text import (PASSKEY_GARBAGE, PASSKEY_TASK, garbage, haystack, insert_at_depth, topic_bank,
-                                     unique_keys)
+from longseq.eval.tasks.text import PASSKEY_TASK, garbage, insert_at_token_depth, topic_bank, unique_keys
 
 RETRIEVAL_TASKS: dict[str, GenerationTask] = {}
 
@@ -85,99 +84,103 @@ def gen_passkey(rng: random.Random, n: int, opts: dict[str, Any]) -> Prompt:
 
 # ------------------------------------------------------------------------------------------------ lines
 
+# LongChat longeval/utils.py generate_lines_testcases (LRT-NL line indices), transcribed.
 LINES_HEADER = ("Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
                 "contains a '<REGISTER_CONTENT>' at the end of the line as a numerical value. For each line index, "
                 "memorize its corresponding <REGISTER_CONTENT>. At the end of the record, I will ask you to "
                 "retrieve the corresponding <REGISTER_CONTENT> of a certain line index. Now the record start:\n\n")
+LINES_LINE = "line {key}: REGISTER_CONTENT is <{value}>\n"
+LINES_QUESTION = "\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {key}? I need the number."
+LINES_PREFIX = "Line <{key}>: <REGISTER_CONTENT> is"  # LongChat's completion prefix, appended with no separator
 
 
-@register("lines", registry=RETRIEVAL_TASKS, score=score_last_int, max_new_tokens=16, units_per_token=4 / 21)
+@register("lines", registry=RETRIEVAL_TASKS, score=score_last_int, max_new_tokens=100, units_per_token=1 / 21,
+          stop=(), fit_answer=True, tolerance=None)
 def gen_lines(rng: random.Random, n: int, opts: dict[str, Any]) -> Prompt:
-    """LongEval lines: n // 4 lines 'line <adj>-<noun>: REGISTER_CONTENT is <v>', ask for one of them.
+    """LongEval lines: n lines 'line <adj>-<noun>: REGISTER_CONTENT is <v>', ask for one of them.
 
-    One line is ~21 tokens, more than 2% of a 1k prompt, so the knob's low two bits add 0-3 of the
-    passkey's irrelevant sentences after the record to reach the length within tolerance.
+    As LongChat's test cases: values in [1, 50000], the asked line uniform among the n, each line ending
+    with a newline and a blank line before the question. The size knob is the number of lines (the most
+    that fit the length with the 100 answer tokens).
     """
-    lines, pad = max(n // 4, 1), n % 4
-    frac = rng.random()
+    lines = max(n, 1)
     keys = unique_keys(rng, lines)
     values = [rng.randint(1, 50000) for _ in range(lines)]
-    target = min(int(frac * lines), lines - 1)
-    record = "\n".join(f"line {k}: REGISTER_CONTENT is <{v}>" for k, v in zip(keys, values))
-    padding = "".join("\n" + s.strip() for s in re.findall(r"[^.]+\.", PASSKEY_GARBAGE)[:pad])
-    question = (f"{padding}\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {keys[target]}? "
-                "I need the number.")
-    # LongChat's reference answer reads "The <REGISTER_CONTENT> in line X is <v>."; ending the prefix with "<"
-    # lifted SmolLM2-135M from 0/4 to 1/4 at 1k.
-    return Prompt(LINES_HEADER + record + question, f"The <REGISTER_CONTENT> in line {keys[target]} is <",
-                  values[target], depth=target / lines, meta={"line": keys[target], "num_lines": lines})
+    target = rng.randint(0, lines - 1)
+    record = "".join(LINES_LINE.format(key=k, value=v) for k, v in zip(keys, values))
+    return Prompt(LINES_HEADER + record + LINES_QUESTION.format(key=keys[target]), LINES_PREFIX.format(key=keys[target]),
+                  values[target], depth=target / lines, sep="", meta={"line": keys[target], "num_lines": lines})
 
 
 # ----------------------------------------------------------------------------------------------- topics
 
-TOPICS_HEADER = ("Below is a record of a long conversation between a user and another assistant on {k} different "
-                 "topics. Pay attention to the topics they discuss. At the beginning of each topic, the USER will say "
-                 "'I would like to discuss the topic of <TOPIC>'. You only need to memorize the word of this <TOPIC>. "
-                 "At the end of the record, I will ask you to retrieve the first topic they discuss. Only give me the "
-                 "topic they discuss, you don't need to summarize their conversation. Now the record start. ")
+# The prompt of LongChat's published topics test cases (longeval/evaluation/topics/testcases/*.jsonl, built
+# by Prompt.assemble_prompt in longeval/utils.py), transcribed; the conversations are self-written.
+TOPICS_HEADER = ("Below is a record of our previous conversation on {k} different topics. You are the ASSISTANT, and "
+                 "I am the USER. At the beginning of each topic, the USER will say 'I would like to discuss the topic "
+                 "of <TOPIC>'. Memorize each <TOPIC>. At the end of the record, I will ask you to retrieve the first "
+                 "topic. Now the record start. ")
+TOPICS_QUESTION = (" Now the record ends. What is the first topic we discussed? Only give me the topic name. Do not "
+                   "summarize yourself.")
+TOPICS_OPEN = "USER: I would like to discuss the topic of {topic}."
+TOPICS_CLOSE = "USER: Great, this is the end of our discussion on the topic {Topic}, let's talk about the next topic."
+TOPICS_TURN_SEP = " \n "
+TOPICS_SEP, TOPICS_PREFIX = "\n ASSISTANT: ", "The first topic is"  # LongChat's completion: "\n ASSISTANT: The first topic is"
 
 
-def _topic_section(entry: dict[str, Any]) -> str:
-    parts = [f"USER: I would like to discuss the topic of {entry['topic']}."]
+def topic_conversation(entry: dict[str, Any]) -> str:
+    """One topic as in LongChat's conversations.jsonl: the opening line, the turns and the closing line
+    joined by ' \\n ' (its most common closing sentence, the topic capitalized)."""
+    topic = entry["topic"]
+    parts = [TOPICS_OPEN.format(topic=topic)]
     for user, assistant in entry["turns"]:
         if user:
             parts.append(f"USER: {user}")
         parts.append(f"ASSISTANT: {assistant}")
-    parts.append("USER: Thank you, that is all I wanted to know about this topic. Let us move on to the next one.")
-    return "\n".join(parts)
+    parts.append(TOPICS_CLOSE.format(Topic=topic[:1].upper() + topic[1:]))
+    return TOPICS_TURN_SEP.join(parts)
 
 
-@register("topics", registry=RETRIEVAL_TASKS, score=score_contains, max_new_tokens=16, units_per_token=4.3)
+@register("topics", registry=RETRIEVAL_TASKS, score=score_contains, max_new_tokens=50, units_per_token=1 / 250,
+          stop=(), fit_answer=True, tolerance=None)
 def gen_topics(rng: random.Random, n: int, opts: dict[str, Any]) -> Prompt:
-    """LongEval topics: conversations on several topics (n characters, last one cut), ask for the first topic.
+    """LongEval topics: n whole conversations on distinct topics, ask for the first topic.
 
-    Topics are drawn without replacement from the shipped bank; when the bank is exhausted a new shuffled
-    round starts that never repeats the first topic, so the label stays unambiguous.
+    Topics are drawn without replacement from the shipped bank; past its size a new shuffled round starts
+    that never repeats the first topic, so the label stays unambiguous. The knob is the number of topics
+    (the most whole conversations that fit the length with the 50 answer tokens).
     """
     bank = topic_bank()
+    k = max(n, 1)
     order = list(range(len(bank)))
     rng.shuffle(order)
-    first = order[0]
-    sections, total, k = [], 0, 0
-    while total < n:
-        if k >= len(order):
-            rest = [i for i in range(len(bank)) if i != first]
-            rng.shuffle(rest)
-            order += rest
-        sec = _topic_section(bank[order[k]])
-        sections.append(sec)
-        total += len(sec) + 1
-        k += 1
-    record = "\n".join(sections)[: max(n, 1)]
-    if len(record) < total - 1 and " " in record:
-        record = record.rsplit(" ", 1)[0]
-    k_started = record.count("I would like to discuss the topic of")
-    body = (TOPICS_HEADER.format(k=max(k_started, 1)) + record + "\nNow the record ends. What is the first topic "
-            "they talk about? Remember only give me the topic name, you don't need to summarize.")
-    return Prompt(body, "The first topic they talk about is", bank[first]["topic"],
-                  meta={"topics": k_started})
+    while len(order) < k:
+        rest = [i for i in range(len(bank)) if i != order[0]]
+        rng.shuffle(rest)
+        order += rest
+    record = "".join(topic_conversation(bank[i]) for i in order[:k])
+    return Prompt(TOPICS_HEADER.format(k=k) + record + TOPICS_QUESTION, TOPICS_PREFIX, bank[order[0]]["topic"],
+                  sep=TOPICS_SEP, meta={"topics": k})
 
 
 # ------------------------------------------------------------------------------------------------- niah
 
-NIAH_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
+# LLMTest_NeedleInAHaystack run.py defaults and providers/openai.py messages, transcribed.
+NIAH_NEEDLE = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
+NIAH_SYSTEM = "You are a helpful AI bot that answers questions for a user. Keep your response short and direct"
 NIAH_QUESTION = ("What is the best thing to do in San Francisco? Don't give information outside the document or "
-                 "repeat your findings.")
+                 "repeat your findings")
+NIAH_PREFIX = "The best thing to do in San Francisco is"
 NIAH_FACTS = ["sandwich", "dolores park"]
+NIAH_BUFFER = 200  # final_context_length_buffer: tokens of the length left for instructions, question and answer
 
 
-@register("niah", registry=RETRIEVAL_TASKS, kind=NiahTask, score=score_recall, max_new_tokens=24,
-          units_per_token=4.5)
+@register("niah", registry=RETRIEVAL_TASKS, kind=NiahTask, score=score_recall, max_new_tokens=300,
+          units_per_token=1.0, stop=(), fixed_units=lambda length: length - NIAH_BUFFER)
 def gen_niah(rng: random.Random, n: int, opts: dict[str, Any]) -> Prompt:
-    """Needle in a haystack: the Dolores Park needle at depth ``opts['depth']`` of n characters of prose."""
+    """Needle in a haystack: the Dolores Park needle at depth ``opts['depth']`` (in tokens) of an n-token context."""
     depth = float(opts.get("depth", 0.5))
-    text, offset = insert_at_depth(haystack(n), NIAH_NEEDLE, depth)
-    body = ("You are a helpful AI bot that answers questions for a user. Keep your response short and direct.\n"
-            f"{text}\n{NIAH_QUESTION}")
-    return Prompt(body, "The best thing to do in San Francisco is", NIAH_FACTS, depth=depth,
-                  meta={"needle_char": offset, "context_chars": len(text)})
+    text, offset, hay = insert_at_token_depth(opts["tokenizer"], n, NIAH_NEEDLE, depth)
+    body = f"{NIAH_SYSTEM}\n{text}\n{NIAH_QUESTION}"
+    return Prompt(body, NIAH_PREFIX, NIAH_FACTS, depth=depth,
+                  meta={"needle_token": offset, "context_tokens": hay})

@@ -1,7 +1,8 @@
 """Scorers of the generated tasks: ``(model output, expected) -> score in [0, 1]``.
 
 Parsing follows each task's reference harness: landmark-attention's first integer (passkey), LongChat's
-last integer (LongEval lines), RULER's all-match recall (Hsieh et al. 2024, arXiv 2404.06654).
+last integer (LongEval lines), RULER's ``string_match_all`` / ``string_match_part`` substring scores
+(Hsieh et al. 2024, arXiv 2404.06654, scripts/eval/synthetic/constants.py).
 """
 
 from __future__ import annotations
@@ -46,27 +47,27 @@ def score_contains(output: str, expected: str) -> float:
     return float(bool(_norm(expected)) and f" {_norm(expected)} " in f" {_norm(output)} ")
 
 
-def recall(output: str, references: Sequence[str], whole_word: bool = False) -> float:
-    """RULER all-match: fraction of references found (case-insensitive) in the output.
+def _ruler_pred(output: str) -> str:
+    """RULER's ``postprocess_pred``: strip, control characters to newlines, lowercased for matching."""
+    return re.sub(r"[\x00-\x1f]", "\n", (output or "").strip()).strip().lower()
 
-    ``whole_word`` requires word boundaries (used for single-word answers, where a plain substring test
-    would credit "class" inside "classes").
-    """
-    out = (output or "").lower()
+
+def string_match_all(output: str, references: Sequence[str]) -> float:
+    """RULER's ``string_match_all`` for one prediction: the fraction of references that occur in the
+    output as case-insensitive substrings (niah, vt, cwe, fwe)."""
     if not references:
         return 0.0
-    hits = 0
-    for ref in references:
-        ref = ref.lower()
-        hits += bool(re.search(rf"(?<![a-z0-9]){re.escape(ref)}(?![a-z0-9])", out)) if whole_word else ref in out
-    return hits / len(references)
+    pred = _ruler_pred(output)
+    return sum(ref.lower() in pred for ref in references) / len(references)
+
+
+def string_match_part(output: str, references: Sequence[str]) -> float:
+    """RULER's ``string_match_part`` for one prediction: 1 if any reference occurs in the output as a
+    case-insensitive substring (qa)."""
+    pred = _ruler_pred(output)
+    return float(any(ref.lower() in pred for ref in references))
 
 
 def score_recall(output: str, expected: Sequence[str]) -> float:
-    """RULER all-match over the expected strings (substring)."""
-    return recall(output, expected)
-
-
-def score_recall_words(output: str, expected: Sequence[str]) -> float:
-    """RULER all-match over expected words (whole-word matches)."""
-    return recall(output, expected, whole_word=True)
+    """All-match recall of the expected strings (RULER's ``string_match_all``; NIAH's key facts)."""
+    return string_match_all(output, expected)

@@ -1,7 +1,8 @@
 """Text sources of the generated prompts: shipped prose, word lists, topic conversations and filler.
 
-Depth placement follows Kamradt's needle in a haystack (2023): a needle goes at a relative position of
-the text, moved back to the previous sentence end.
+Needle placement: :func:`insert_at_token_depth` follows Kamradt's needle in a haystack (2023), a relative
+position in tokens moved back to the previous period token; :func:`insert_at_sentences` follows RULER
+(Hsieh et al. 2024), needles between sentences at sampled depth percents.
 """
 
 from __future__ import annotations
@@ -53,37 +54,74 @@ def vocabulary() -> list[str]:
     return list(seen)
 
 
-def haystack(n_chars: int) -> str:
-    """``n_chars`` characters of shipped prose, cut back to a word boundary."""
-    base = haystack_text()
-    text = base
-    while len(text) < n_chars:
-        text = text + " " + base
-    cut = text[:n_chars]
-    if n_chars < len(text) and not text[n_chars].isspace():
-        cut = cut.rsplit(" ", 1)[0] if " " in cut else cut
-    return cut.rstrip()
+@functools.lru_cache(maxsize=None)
+def haystack_word_list() -> tuple[str, ...]:
+    """The haystack split on single spaces after collapsing whitespace (RULER's ``essay`` word list)."""
+    return tuple(re.sub(r"\s+", " ", haystack_text()).strip().split(" "))
 
 
-_SENTENCE_END = re.compile(r"[.!?]\"?\s")
+def haystack_words(n_words: int) -> str:
+    """The first ``n_words`` words of the haystack, repeated as needed (RULER's ``num_haystack`` words)."""
+    words_ = haystack_word_list()
+    reps = n_words // len(words_) + 1
+    return " ".join((words_ * reps)[:max(n_words, 0)])
 
 
-def insert_at_depth(text: str, needle: str, depth: float) -> tuple[str, int]:
-    """Insert ``needle`` into ``text`` at relative ``depth`` in [0, 1], moved back to the previous sentence end.
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"')\]])\s+")
 
-    As in Kamradt's NIAH: the insertion point is ``int(len * depth)`` moved back to the end of the
-    previous sentence; depth 1 appends. Returns the new text and the character offset of the needle.
+
+def sentences(text: str) -> list[str]:
+    """``text`` split into sentences at the spaces after ``.``, ``!`` or ``?`` (or those plus a closing quote
+    or bracket). RULER uses NLTK's punkt model; this rule needs no downloaded data and differs from it
+    only after abbreviations (docs/fidelity.md)."""
+    return [x for x in _SENTENCE_BREAK.split(text.strip()) if x]
+
+
+RULER_DEPTHS = [round(100 * i / 39) for i in range(40)]
+"""RULER's 40 needle depth percents, ``np.round(np.linspace(0, 100, 40))``."""
+
+
+def insert_at_sentences(rng: random.Random, text: str, needles: list[str]) -> tuple[str, list[float]]:
+    """RULER's essay insertion: each needle goes between sentences at a depth percent drawn without
+    replacement from :data:`RULER_DEPTHS` (sorted, the needles in their given order); chunks and needles
+    are joined with single spaces. Returns the text and the needles' depths in [0, 1]."""
+    sents = sentences(text)
+    depths = sorted(rng.sample(RULER_DEPTHS, len(needles)))
+    cuts = [0] + [int(len(sents) * d / 100) for d in depths] + [len(sents)]
+    parts: list[str] = []
+    for i in range(1, len(cuts)):
+        parts.append(" ".join(sents[cuts[i - 1]:cuts[i]]))
+        if i - 1 < len(needles):
+            parts.append(needles[i - 1])
+    return " ".join(parts), [d / 100 for d in depths]
+
+
+@functools.lru_cache(maxsize=8)
+def _haystack_ids(tokenizer: Any) -> tuple[int, ...]:
+    return tuple(tokenizer(haystack_text(), add_special_tokens=False)["input_ids"])
+
+
+def insert_at_token_depth(tokenizer: Any, n_tokens: int, needle: str, depth: float) -> tuple[str, int, int]:
+    """Kamradt's NIAH context: ``n_tokens`` tokens of haystack and needle, the needle at ``depth`` in tokens.
+
+    The haystack is cut to ``n_tokens - len(needle tokens)``; depth 1 appends; otherwise the insertion
+    point ``int(len * depth)`` moves back until the token before it is a period token (the tokens of
+    ``"."``), as ``insert_needle`` in LLMTest_NeedleInAHaystack. Returns the decoded context, the token
+    offset of the needle and the haystack token count.
     """
+    needle_ids = tokenizer(needle, add_special_tokens=False)["input_ids"]
+    base = _haystack_ids(tokenizer)
+    keep = max(n_tokens - len(needle_ids), 0)
+    ids = list((base * (keep // max(len(base), 1) + 1))[:keep])
     if depth >= 1.0:
-        pos = len(text)
+        point = len(ids)
     else:
-        pos = int(len(text) * depth)
-        ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, pos)]
-        pos = ends[-1] if ends else 0
-    before, after = text[:pos].rstrip(), text[pos:].lstrip()
-    joined = (before + " " if before else "") + needle
-    offset = len(joined) - len(needle)
-    return joined + (" " + after if after else ""), offset
+        period = set(tokenizer(".", add_special_tokens=False)["input_ids"])
+        point = int(len(ids) * depth)
+        while point > 0 and ids[point - 1] not in period:
+            point -= 1
+    text = tokenizer.decode(ids[:point] + needle_ids + ids[point:])
+    return text, point, len(ids)
 
 
 def unique_keys(rng: random.Random, n: int) -> list[str]:
