@@ -7,7 +7,7 @@ Retrieval is ``MemoryStream.search(k=5)`` (sqlite-vec bit-index KNN, exact float
 timed without the query embedding, against two baselines on the same vectors: brute-force numpy over a
 float32 matrix already in RAM, and sqlite-vec's own float ``vec0`` KNN. Recall@5 is measured against exact
 numpy ranking with the same score (cosine + recency). Vectors are 384-d, clustered (500 centres), so that
-neighbours are meaningful; the goal from issue 6 is p99 < 50 ms at 100k items.
+neighbours are meaningful; the target is p99 < 50 ms at 100k items.
 
 Ingest throughput runs the real ``ingest_file`` path (SmolLM2 tokenizer for token counts, all-MiniLM-L6-v2 or
 the hashing embedder) on a generated text file and reports tokens/s.

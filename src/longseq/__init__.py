@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "load_embedder": "longseq.memory.embedders",
     "MemoryController": "longseq.memory.controller",
     "SCMAgent": "longseq.memory.agent",
+    "ControllerConfig": "longseq.memory.controller",
     "TransformersChat": "longseq.memory.llm",
     "OpenAIChat": "longseq.memory.llm",
     "run_lab": "longseq.lab.run",

@@ -7,11 +7,12 @@ multi-hop questions. Systems compared (same model, same window):
 
   * ``no-memory``     flash memory only (the previous turn);
   * ``full-history``  as many of the latest turns as fit in the window (plain truncation);
-  * ``no-controller`` SCM retrieval, top-k full texts packed into the budget (the paper's ablation);
-  * ``scm``           SCM with both controller decisions.
+  * ``no-controller`` SCM retrieval, full texts in similarity order up to the memory budget (the ablation);
+  * ``scm``           SCM with its controller (:mod:`longseq.memory.controller`; the public code's by default).
 
 Metrics (paper Table 2): answer accuracy (the gold string appears in the answer), retrieval recall (share of
-a probe's evidence turns present in the prompt), and accuracy split by single-hop / multi-hop.
+a probe's evidence turns present in the prompt), and accuracy split by single-hop / multi-hop; per system, how
+often a retrieved memory was dropped, summarized or kept in full.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from longseq.core.fsutil import atomic_write_text
 from longseq.core.parsing import parse_csv
 from longseq.core.tables import md_table
 from longseq.memory.agent import SCMAgent
+from longseq.memory.controller import FORMS, ControllerConfig, MemoryController
 from longseq.memory.embedders import Embedder
 from longseq.memory.llm import ChatLLM
 from longseq.memory.store import MemoryStream
@@ -152,9 +154,16 @@ def parse_systems(text: str | None) -> list[str]:
 
 
 def run_bench(llm: ChatLLM, embedder: Embedder, sessions: int = 4, seed: int = 0, k: int = 4, max_new_tokens: int = 32,
-              systems: Sequence[str] = SYSTEMS, chatter_turns: int = 36, progress: bool = True) -> dict[str, Any]:
-    """Run every system on every probe; return per-system metrics and per-probe records."""
+              systems: Sequence[str] = SYSTEMS, chatter_turns: int = 36, progress: bool = True,
+              controller: ControllerConfig | None = None, prompt_style: str = "reference") -> dict[str, Any]:
+    """Run every system on every probe; return per-system metrics and per-probe records.
+
+    ``controller`` is the controller's policy and thresholds at the reference's 4k window (default: the public
+    code's), scaled to ``llm.context_length``; ``prompt_style`` picks the agent's prompt (:class:`SCMAgent`).
+    """
     from tqdm import tqdm
+
+    config = (controller or ControllerConfig()).scaled(llm.context_length)
 
     records: list[dict[str, Any]] = []
     dialogue_tokens = []
@@ -162,13 +171,14 @@ def run_bench(llm: ChatLLM, embedder: Embedder, sessions: int = 4, seed: int = 0
     bar = tqdm(total=total, desc="memory bench", disable=not progress, file=sys.stderr)
     for s in range(sessions):
         sess = make_session(seed * 1000 + s, chatter_turns)
-        texts = [f"User: {u}\nAssistant: {a}" for u, a in sess.turns]
+        texts = [f"User: {u}\n\nAssistant: {a}" for u, a in sess.turns]
         dialogue_tokens.append(sum(llm.count(t) for t in texts))
         for system in systems:
             stream = MemoryStream(":memory:", embedder)
             ids = stream.add(texts, [f"s{s}:{i}" for i in range(len(texts))], [llm.count(t) for t in texts])
             for probe in sess.probes:
-                agent = SCMAgent(llm, stream, k=k, mode=system, max_new_tokens=max_new_tokens)
+                agent = SCMAgent(llm, stream, k=k, mode=system, max_new_tokens=max_new_tokens,
+                                 controller=MemoryController(llm, config), prompt_style=prompt_style)
                 agent.touch = False  # probes are independent of each other
                 reply = agent.respond(probe.question, store=False)
                 in_prompt = set(reply.prompt.activation) | ({reply.prompt.flash} if reply.prompt.flash else set())
@@ -180,6 +190,7 @@ def run_bench(llm: ChatLLM, embedder: Embedder, sessions: int = 4, seed: int = 0
                     "recall": sum(e in in_prompt for e in evidence) / len(evidence),
                     "prompt_tokens": reply.prompt.tokens, "budget": reply.prompt.budget,
                     "used_memory": reply.prompt.used_memory,
+                    "forms": [reply.prompt.forms[i] for i in sorted(reply.prompt.forms)],
                     "decisions": [d.__dict__ for d in reply.decisions],
                 })
                 bar.update(1)
@@ -200,18 +211,20 @@ def summarize_records(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, 
                        "single_acc": pct(single, "correct"), "multi_acc": pct(multi, "correct"),
                        "max_prompt_tokens": max(r["prompt_tokens"] for r in rs), "budget": rs[0]["budget"],
                        "gate_skipped": sum(any(d["kind"] == "needs_memory" and not d["value"] for d in r["decisions"])
-                                           for r in rs)}
+                                           for r in rs),
+                       **{form: sum(r["forms"].count(form) for r in rs) for form in FORMS}}
     return out
 
 
 REPORT_HEADER = ("system", "answer acc.", "retrieval recall", "single-hop acc.", "multi-hop acc.",
-                 "max prompt / budget", "gate said no")
+                 "max prompt / budget", "gate said no", "drop / summary / full")
 
 
 def report_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
     """``report.md``: the run's settings, the protocol, and one table row per system."""
     rows = [(system, f"{m['accuracy']:.1f}", f"{m['recall']:.1f}", f"{m['single_acc']:.1f}", f"{m['multi_acc']:.1f}",
-             f"{m['max_prompt_tokens']} / {m['budget']}", m["gate_skipped"]) for system, m in result["summary"].items()]
+             f"{m['max_prompt_tokens']} / {m['budget']}", m["gate_skipped"], f"{m['drop']} / {m['summary']} / {m['full']}")
+            for system, m in result["summary"].items()]
     toks = result["dialogue_tokens"]
     head = [
         "# longseq memory bench",
@@ -222,6 +235,9 @@ def report_markdown(result: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         "Protocol: SCM paper Table 2 (arXiv 2304.13343) on generated dialogues: accuracy = gold string in the "
         "answer; recall = share of evidence turns present in the prompt (activation + flash memory).",
+        f"Controller: {meta.get('policy', 'code')} policy, {meta.get('parser', 'reference')} answer parser, "
+        f"{meta.get('prompt_style', 'reference')} prompt; "
+        "drop / summary / full counts the form given to each retrieved memory over all probes.",
         "",
     ]
     return "\n".join(head) + "\n" + md_table(REPORT_HEADER, rows) + "\n"

@@ -4,18 +4,58 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from longseq.core.errors import UserError
-from longseq.memory.agent import MODES, SCMAgent
+from longseq.memory.agent import MODES, PROMPT_STYLES, SCMAgent
 from longseq.memory.bench import SYSTEMS, check_chatter_turns, parse_systems, run_bench, save_report
+from longseq.memory.controller import PARSERS, POLICIES, ControllerConfig, MemoryController
+from longseq.memory.dbfile import (check_output_file, check_output_folder, check_writable, database_errors,
+                                   inspect_db)
 from longseq.memory.documents import ask_document, summarize_document
 from longseq.memory.embedders import DEFAULT_EMBEDDER, EMBEDDERS, load_embedder
 from longseq.memory.ingest import check_ingest_input, check_input, ingest_file, token_counter
 from longseq.memory.llm import ChatLLM, load_llm
-from longseq.memory.store import Ranking, open_stream, recorded_embedder
+from longseq.memory.store import MemoryStream, Ranking, open_stream, recorded_embedder, resolve_embedder
+
+# ------------------------------------------------------------------------------------------- argument checks
+
+# (attribute, flag, test, what it must be): every numeric flag of these commands, checked before any work
+_NUMBER_RULES: list[tuple[str, str, Callable[[float], bool], str]] = [
+    (name, flag, lambda v: v > 0, "a positive integer")
+    for name, flag in (("k", "-k"), ("max_new_tokens", "--max-new-tokens"), ("context_length", "--context-length"),
+                       ("block_tokens", "--block-tokens"), ("batch_size", "--batch-size"), ("sessions", "--sessions"))
+] + [
+    ("recency_weight", "--recency-weight", lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    ("half_life", "--half-life", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+]
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Raise :class:`UserError` for the first numeric flag out of its range (flags a command lacks are skipped)."""
+    for name, flag, ok, what in _NUMBER_RULES:
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            raise UserError(f"{flag} must be {what}, got {value}")
+    ctx, new = getattr(args, "context_length", None), getattr(args, "max_new_tokens", None)
+    if ctx is not None and new is not None and new >= ctx:
+        raise UserError(f"--max-new-tokens {new} leaves no room in a --context-length {ctx} window; lower it")
+
+
+def _writable_db(db: str) -> None:
+    """A database a command will write: longseq's or new/empty, intact, and writable (checked before any work)."""
+    check_writable(db)
+    inspect_db(db, check=True)
+
+
+def _controller_config(args: argparse.Namespace) -> ControllerConfig:
+    return replace(POLICIES[args.policy], parser=args.answer_parser)
+
 
 # --------------------------------------------------------------------------------------------- longseq memory
 
@@ -29,10 +69,13 @@ def _need_db(db: str) -> None:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    check_numbers(args)
     for f in args.inputs:  # every input is checked before anything is stored
         check_ingest_input(f)
+    _writable_db(args.db)
+    embedder = resolve_embedder(args.db, args.embedder)
     count = token_counter(args.model)
-    with open_stream(args.db, args.embedder) as stream:
+    with database_errors(args.db), open_stream(args.db, embedder) as stream:
         for f in args.inputs:
             res = ingest_file(stream, f, count, block_tokens=args.block_tokens, batch_size=args.batch_size,
                               progress=not args.quiet)
@@ -41,10 +84,11 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    check_numbers(args)
     _need_db(args.db)
     if not args.query.strip():
         raise UserError("empty query; pass the text to search for")
-    with open_stream(args.db, args.embedder) as stream:
+    with database_errors(args.db), open_stream(args.db, args.embedder, readonly=True) as stream:
         ranking = Ranking(args.recency_weight, args.half_life)
         for h in stream.search(args.query, k=args.k, ranking=ranking):
             text = h.item.text if args.full else " ".join(h.item.text.split())[:160]
@@ -55,28 +99,39 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _cmd_stats(args: argparse.Namespace) -> int:
     _need_db(args.db)
-    with open_stream(args.db, None) as stream:
+    with database_errors(args.db), MemoryStream(args.db, None, readonly=True) as stream:  # no model loaded
         print(json.dumps(stream.stats(), indent=2))
     return 0
 
 
+def _export_records(stream: MemoryStream, embeddings: bool) -> Iterator[str]:
+    for it in stream.iter_items():
+        rec = {"id": it.id, "key": it.key, "kind": it.kind, "source": it.source, "text": it.text,
+               "summary": it.summary, "text_tokens": it.text_tokens, "summary_tokens": it.summary_tokens,
+               "created": it.created, "last_access": it.last_access, "meta": it.meta}
+        if embeddings:
+            rec["embedding"] = [round(float(x), 6) for x in stream.embeddings([it.id])[0]]
+        yield json.dumps(rec, ensure_ascii=False) + "\n"
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     _need_db(args.db)
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    try:
-        with open_stream(args.db, None) as stream:
-            for it in stream.iter_items():
-                rec = {"id": it.id, "key": it.key, "kind": it.kind, "source": it.source, "text": it.text,
-                       "summary": it.summary, "text_tokens": it.text_tokens, "summary_tokens": it.summary_tokens,
-                       "created": it.created, "last_access": it.last_access, "meta": it.meta}
-                if args.embeddings:
-                    rec["embedding"] = [round(float(x), 6) for x in stream.embeddings([it.id])[0]]
-                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    except BrokenPipeError:  # e.g. piped into head
-        pass
-    finally:
-        if args.out:
-            out.close()
+    out = check_output_file(args.out, [args.db]) if args.out else None  # never the database itself
+    with database_errors(args.db), MemoryStream(args.db, None, readonly=True) as stream:
+        if out is None:
+            try:
+                for line in _export_records(stream, args.embeddings):
+                    sys.stdout.write(line)
+            except BrokenPipeError:  # e.g. piped into head
+                pass
+            return 0
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        try:  # a temporary file renamed at the end: an interrupted export never leaves a torn file
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.writelines(_export_records(stream, args.embeddings))
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return 0
 
 
@@ -124,18 +179,34 @@ def _add_memory(sub: Any) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    check_numbers(args)
     systems = parse_systems(args.systems)
-    if args.sessions <= 0:
-        raise UserError("--sessions must be positive")
     check_chatter_turns(args.chatter_turns)  # before the model loads
+    out = check_output_folder(args.out)  # before the benchmark runs, not after
     llm = _llm_from(args)
     embedder = load_embedder(args.embedder)
+    config = _controller_config(args)
     result = run_bench(llm, embedder, sessions=args.sessions, seed=args.seed, k=args.k,
-                       max_new_tokens=args.max_new_tokens, systems=systems, chatter_turns=args.chatter_turns)
+                       max_new_tokens=args.max_new_tokens, systems=systems, chatter_turns=args.chatter_turns,
+                       controller=config, prompt_style=args.prompt_style)
     meta = {"model": args.api_model or args.model, "context_length": llm.context_length, "k": args.k,
-            "sessions": args.sessions, "seed": args.seed, "embedder": embedder.name}
-    print(save_report(args.out, result, meta))
+            "sessions": args.sessions, "seed": args.seed, "embedder": embedder.name, "policy": args.policy,
+            "parser": args.answer_parser, "prompt_style": args.prompt_style}
+    print(save_report(out, result, meta))
     return 0
+
+
+def _controller_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--policy", default="code", choices=list(POLICIES),
+                   help="memory controller: code (the public SCM code: drop, summary or full text per memory "
+                        "under a 2,500-token budget at a 4k window) or paper (the paper: a memory-needed question, "
+                        "then summary or full text past 2,000 / 800 tokens); default code")
+    q.add_argument("--answer-parser", default="reference", choices=list(PARSERS),
+                   help="how (A)/(B) answers are read: reference (only '(B)' is no, as the SCM code) or lenient "
+                        "(letters, 'Answer: B', yes/no words); default reference")
+    q.add_argument("--prompt-style", default="reference", choices=list(PROMPT_STYLES),
+                   help="the answer prompt: reference (the SCM code's, one user message) or system (memories in a "
+                        "system message, which small chat models follow better); default reference")
 
 
 def _add_bench(msub: Any) -> None:
@@ -155,6 +226,7 @@ def _add_bench(msub: Any) -> None:
     q.add_argument("--max-new-tokens", type=int, default=32)
     q.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of: {', '.join(SYSTEMS)}")
     q.add_argument("--out", default="runs/memory-bench", help="folder for report.md and results.json")
+    _controller_args(q)
     q.set_defaults(func=_cmd_bench)
 
 
@@ -177,38 +249,60 @@ def _llm_from(args: argparse.Namespace) -> ChatLLM:
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
+    check_numbers(args)
+    _writable_db(args.memory)
+    resolve_embedder(args.memory, args.embedder)  # a mismatch is refused before the model loads
     llm = _llm_from(args)
-    with open_stream(args.memory, args.embedder) as stream:
-        agent = SCMAgent(llm, stream, k=args.k, mode=args.mode, max_new_tokens=args.max_new_tokens)
-        interactive = sys.stdin.isatty()
-        if interactive:
-            print(f"longseq chat: {len(stream)} memories in {args.memory}; budget {agent.budget} tokens; "
-                  "/exit to quit", file=sys.stderr)
-        while True:
-            if interactive:
-                print("you> ", end="", file=sys.stderr, flush=True)
-            line = sys.stdin.readline()
-            if not line:
-                break
-            line = line.strip()
-            if line in ("/exit", "/quit"):
-                break
-            if not line:
-                continue
-            reply = agent.respond(line)
-            if args.verbose:
-                p = reply.prompt
-                print(json.dumps({"prompt_tokens": p.tokens, "budget": p.budget, "activation": p.activation,
-                                  "summarized": p.summarized, "flash": p.flash, "used_memory": p.used_memory,
-                                  "decisions": [d.__dict__ for d in reply.decisions]}), file=sys.stderr)
-            print(reply.text, flush=True)
+    with database_errors(args.memory), open_stream(args.memory, args.embedder) as stream:
+        agent = SCMAgent(llm, stream, k=args.k, mode=args.mode, max_new_tokens=args.max_new_tokens,
+                         controller=MemoryController(llm, _controller_config(args).scaled(llm.context_length)),
+                         ranking=Ranking(args.recency_weight, args.half_life), prompt_style=args.prompt_style)
+        _chat_loop(agent, args, len(stream))
     return 0
 
 
-def _cmd_summarize(args: argparse.Namespace) -> int:
+def _chat_loop(agent: SCMAgent, args: argparse.Namespace, memories: int) -> None:
+    """Read messages from stdin until EOF or /exit; answer each and store the turn."""
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"longseq chat: {memories} memories in {args.memory}; budget {agent.budget} tokens; "
+              "/exit to quit", file=sys.stderr)
+    while True:
+        if interactive:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if line in ("/exit", "/quit"):
+            break
+        if not line:
+            continue
+        reply = agent.respond(line)
+        if args.verbose:
+            p = reply.prompt
+            print(json.dumps({"prompt_tokens": p.tokens, "budget": p.budget, "activation": p.activation,
+                              "summarized": p.summarized, "flash": p.flash, "used_memory": p.used_memory,
+                              "forms": p.forms, "decisions": [d.__dict__ for d in reply.decisions]}),
+                  file=sys.stderr)
+        print(reply.text, flush=True)
+
+
+def _document_db(args: argparse.Namespace) -> str:
+    """``--db`` of summarize/ask, checked before any work (default: a throwaway in-memory database)."""
+    check_numbers(args)
     check_input(args.file)
+    if args.db:
+        _writable_db(args.db)
+        if Path(args.db).resolve() == Path(args.file).resolve():
+            raise UserError(f"--db {args.db} is the input file itself; pass another --db")
+    return args.db or ":memory:"
+
+
+def _cmd_summarize(args: argparse.Namespace) -> int:
+    db = _document_db(args)
     llm = _llm_from(args)
-    with open_stream(args.db or ":memory:", args.embedder) as stream:
+    with database_errors(db), open_stream(db, args.embedder) as stream:
         res = summarize_document(llm, stream, args.file, block_tokens=args.block_tokens,
                                  max_new_tokens=args.max_new_tokens)
     if args.json:
@@ -219,9 +313,9 @@ def _cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
-    check_input(args.file)
+    db = _document_db(args)
     llm = _llm_from(args)
-    with open_stream(args.db or ":memory:", args.embedder) as stream:
+    with database_errors(db), open_stream(db, args.embedder) as stream:
         reply = ask_document(llm, stream, args.file, args.question, k=args.k, max_new_tokens=args.max_new_tokens)
     if args.verbose:
         print(json.dumps({"prompt_tokens": reply.prompt.tokens, "budget": reply.prompt.budget,
@@ -236,8 +330,13 @@ def _add_documents_and_chat(sub: Any) -> None:
     _llm_args(p)
     p.add_argument("--memory", required=True, help="SQLite memory file (created if missing)")
     p.add_argument("--embedder", default=None, help="embedding model (default: recorded in --memory, else all-minilm-l6-v2)")
-    p.add_argument("-k", type=int, default=5, help="activation memories per turn (default 5)")
+    p.add_argument("-k", type=int, default=4, help="activation memories per turn (default 4, as the SCM demo)")
     p.add_argument("--mode", default="scm", choices=MODES)
+    _controller_args(p)
+    p.add_argument("--recency-weight", type=float, default=0.0,
+                   help="weight of the recency term in retrieval (default 0: cosine only, as the SCM code)")
+    p.add_argument("--half-life", type=float, default=Ranking.half_life,
+                   help="turns after which the recency term halves (default 32)")
     p.add_argument("--verbose", action="store_true", help="print prompt size and controller decisions to stderr")
     p.set_defaults(func=_cmd_chat)
 

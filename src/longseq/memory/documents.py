@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from longseq.core.errors import UserError
-from longseq.memory.agent import Reply, assemble
+from longseq.memory.agent import Part, Reply, assemble
 from longseq.memory.ingest import check_input, ingest_file, text_blocks
 from longseq.memory.llm import ChatLLM, Message
 from longseq.memory.store import MemoryItem, MemoryStream, Ranking
@@ -129,6 +129,14 @@ ASK_INSTRUCTION = ("Answer the question using only the numbered parts of a long 
                    "Answer briefly and copy names and numbers exactly.")
 
 
+def render_document_prompt(parts: Sequence[Part], flash: Part | None, question: str) -> list[Message]:
+    """The ``ask`` prompt: the instruction and the retrieved parts (document order) as a system message, then the
+    question."""
+    body = "\n\n".join(text for _, text in sorted(parts, key=lambda p: p[0].id))
+    system = ASK_INSTRUCTION + ("\n\n" + body if body else "")
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
 def ask_document(llm: ChatLLM, stream: MemoryStream, path: str | Path, question: str, k: int = 6,
                  max_new_tokens: int = 64, block_tokens: int | None = None, progress: bool = True) -> Reply:
     """Answer ``question`` from a document of any length: ingest it as blocks, retrieve, budget, answer."""
@@ -137,6 +145,6 @@ def ask_document(llm: ChatLLM, stream: MemoryStream, path: str | Path, question:
     budget = llm.context_length - max_new_tokens
     ingest_file(stream, path, llm.count, block_tokens=block_tokens or max(48, budget // (k + 1)), progress=progress)
     hits = stream.search(question, k=k, ranking=Ranking(recency_weight=0.0))
-    prompt = assemble(llm, budget, question, [h.item for h in hits], {}, None, ASK_INSTRUCTION)
+    prompt = assemble(llm, budget, question, [h.item for h in hits], {}, None, render_document_prompt)
     text = llm.complete(prompt.messages, max_new_tokens=max_new_tokens)
     return Reply(text, prompt, [])

@@ -240,5 +240,9 @@ def ingest_file(
 
 def token_counter(model: str) -> Callable[[str], int]:
     """``count(text) -> tokens`` with the tokenizer of ``model`` (an alias or folder; no weights loaded)."""
-    tok = load_tokenizer(model)
+    try:
+        tok = load_tokenizer(model)
+    except UserError as err:
+        raise UserError(f"--model {model} gives no tokenizer to count tokens with ({err}); pass a model with "
+                        "tokenizer files, e.g. --model smollm2-135m") from None
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])

@@ -5,7 +5,8 @@ interactions; each item has its text, a summary, token counts, timestamps and an
 is the storage and retrieval half; :mod:`longseq.memory.controller` and :mod:`longseq.memory.agent` hold the
 controller and the agent.
 
-Storage (the SQLite file is the only source of truth, no pickles):
+Storage (the SQLite file is the only source of truth, no pickles; it is marked as longseq's with ``PRAGMA
+application_id``, and opening one checks it first: :mod:`longseq.memory.dbfile`):
   * ``meta``    key/value: schema version, embedding model name and dimension (a database never mixes two
     embedding models: opening it with another one is a :class:`UserError`);
   * ``items``   one row per turn/block: idempotent ``key``, text, summary, token counts, created/accessed
@@ -25,7 +26,6 @@ activated. ``w = 0`` gives the public code's relevance-only ranking.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,34 +34,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from longseq.core.errors import UserError
+from longseq.memory.dbfile import APPLICATION_ID, check_writable, connect, inspect_db
 from longseq.memory.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from longseq.memory.index import BitIndex, bit_dim
 
 SCHEMA_VERSION = "1"
-
-
-def connect(path: str | Path) -> Any:
-    """A DB-API connection with sqlite-vec loaded.
-
-    The stdlib ``sqlite3`` of some Python builds (pyenv's here) has no ``enable_load_extension``; then the
-    drop-in ``sqlean`` build of the same module is used.
-    """
-    mod: Any = sqlite3
-    if not hasattr(sqlite3.Connection, "enable_load_extension"):
-        try:
-            import sqlean as mod  # type: ignore[no-redef]
-        except ImportError:
-            raise UserError(
-                "this Python's sqlite3 cannot load extensions (needed for sqlite-vec); "
-                "install the drop-in build with: pip install sqlean-py"
-            ) from None
-    import sqlite_vec
-
-    conn = mod.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-    conn.enable_load_extension(True)
-    sqlite_vec.load(conn)
-    conn.enable_load_extension(False)
-    return conn
 
 
 @dataclass
@@ -153,19 +130,30 @@ class MemoryStream:
         ranking: recency settings for :meth:`search`.
     """
 
-    def __init__(self, path: str | Path, embedder: Embedder, ranking: Ranking | None = None) -> None:
+    def __init__(self, path: str | Path, embedder: Embedder | None, ranking: Ranking | None = None,
+                 readonly: bool = False) -> None:
         self.path = str(path)
+        self.readonly = readonly
         if self.path != ":memory:":
-            p = Path(self.path)
-            if p.is_dir():
-                raise UserError(f"--db {p} is a folder; pass a database file path like memory.db")
-            if p.exists() and p.stat().st_size > 0:
-                _check_sqlite_file(p)
-            p.parent.mkdir(parents=True, exist_ok=True)
-        self.embedder = embedder
+            state = inspect_db(self.path)  # refuses folders, non-SQLite files and other applications' databases
+            if readonly and state != "longseq":
+                raise UserError(f"{self.path} is not a longseq memory database; create it with: "
+                                f"longseq memory ingest --db {self.path} FILE")
+            if not readonly:
+                check_writable(self.path)
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.ranking = ranking or Ranking()
-        self.conn = connect(self.path)
+        self.conn = connect(self.path, readonly=readonly)
         self.conn.execute("PRAGMA busy_timeout = 60000")
+        if readonly:
+            meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+            self.embedder = embedder or RecordedEmbedder(meta["embedding_model"], int(meta["embedding_dim"]))
+            self.index = BitIndex(self.conn, self.embedder.dim)
+            self._check_embedder(meta)
+            return
+        if embedder is None:
+            raise ValueError("a writable MemoryStream needs an embedder")
+        self.embedder = embedder
         if self.path != ":memory:":
             self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -176,6 +164,8 @@ class MemoryStream:
 
     def _init_schema(self) -> None:
         with self.transaction():
+            if int(self.conn.execute("PRAGMA application_id").fetchone()[0]) != APPLICATION_ID:
+                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
@@ -187,6 +177,10 @@ class MemoryStream:
                              "embedding_dim": str(self.embedder.dim), "created": now}.items():
                     self.conn.execute("INSERT INTO meta VALUES (?, ?)", (k, v))
                 meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        self._check_embedder(meta)
+
+    def _check_embedder(self, meta: dict[str, str]) -> None:
+        """Keep ``meta``; raise :class:`UserError` (connection closed) if it records another embedding model."""
         if meta.get("embedding_model") != self.embedder.name or int(meta.get("embedding_dim", -1)) != self.embedder.dim:
             self.conn.close()
             raise UserError(
@@ -401,13 +395,6 @@ class MemoryStream:
         }
 
 
-def _check_sqlite_file(path: Path) -> None:
-    """Raise :class:`UserError` unless the (non-empty) file starts with the SQLite header."""
-    with open(path, "rb") as fh:
-        if fh.read(16) != b"SQLite format 3\x00":
-            raise UserError(f"{path} is not a SQLite database; pass a .db file made by longseq memory")
-
-
 class _Tx:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -416,31 +403,55 @@ class _Tx:
         self.conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:  # SQLite may already have rolled back (e.g. on a full disk)
+            self.conn.execute("ROLLBACK")
 
 
-def open_stream(db: str, embedder: str | None) -> MemoryStream:
-    """Open ``db`` with ``embedder``; with ``embedder=None`` use the model the database records (or the default)."""
+class RecordedEmbedder:
+    """The embedding model a database records, without loading it: enough for counts and exports.
+
+    Opening a database read-only for ``stats`` or ``export`` needs the model's name and dimension only;
+    :meth:`encode` is refused so nothing embeds with a model that is not there.
+    """
+
+    def __init__(self, name: str, dim: int) -> None:
+        self.name, self.dim = name, dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        raise UserError(f"embedding model {self.name} is not loaded; open the database with it to search or add")
+
+
+def resolve_embedder(db: str, embedder: str | None) -> str:
+    """The embedder to open ``db`` with: ``embedder``, else the one the database records, else the default.
+
+    Raises :class:`UserError` (before any model loads) if ``embedder`` is not the one the database records.
+    """
     recorded = recorded_embedder(db) if db != ":memory:" else None
     if embedder is None:
-        embedder = recorded or DEFAULT_EMBEDDER
-    elif recorded and embedder != recorded and not Path(embedder).is_dir():
+        return recorded or DEFAULT_EMBEDDER
+    if recorded and embedder != recorded and not Path(embedder).is_dir():
         raise UserError(f"{db} was built with embedding model {recorded}, not {embedder}; "
-                        f"pass --embedder {recorded} or use a new --db")
-    return MemoryStream(db, load_embedder(embedder))
+                        f"pass --embedder {recorded} or use a new database")
+    return embedder
+
+
+def open_stream(db: str, embedder: str | None, readonly: bool = False) -> MemoryStream:
+    """Open ``db`` with ``embedder``; with ``embedder=None`` use the model the database records (or the default)."""
+    return MemoryStream(db, load_embedder(resolve_embedder(db, embedder)), readonly=readonly)
 
 
 def recorded_embedder(db: str) -> str | None:
-    """The embedding model name stored in an existing database, or None."""
-    p = Path(db)
-    if not p.is_file() or p.stat().st_size == 0:
+    """The embedding model name stored in an existing longseq database, or None (no file, empty file).
+
+    Raises :class:`UserError` for a file that is not a longseq memory database (see :func:`inspect_db`).
+    """
+    if inspect_db(db) != "longseq":
         return None
-    _check_sqlite_file(p)
-    conn = connect(p)
+    conn = connect(db, readonly=True)
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'embedding_model'").fetchone()
-    except Exception:
-        row = None
     finally:
         conn.close()
     return row[0] if row else None
