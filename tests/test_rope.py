@@ -160,20 +160,39 @@ def test_legacy_rope_scaling_spelling_is_understood(tiny_llama_config):
         extend_config(old_linear, "yarn", factor=2)
 
 
+FACTOR_RANGE = "--factor must be a finite number >= 1 and <= 1024"
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(method="bogus", factor=2), "unknown RoPE method 'bogus'"),
-        (dict(method="pi", factor=0), "must be > 0"),
-        (dict(method="pi", factor=-1), "must be > 0"),
-        (dict(method="yarn", factor=0.5), "must be >= 1"),
+        (dict(method="pi", factor=0), FACTOR_RANGE),
+        (dict(method="pi", factor=-1), FACTOR_RANGE),
+        (dict(method="yarn", factor=0.5), FACTOR_RANGE),
+        (dict(method="pi", factor=float("nan")), FACTOR_RANGE + r".*got nan"),
+        (dict(method="pi", factor=float("inf")), FACTOR_RANGE + r".*got inf"),
+        (dict(method="pi", factor=1e9), FACTOR_RANGE),
+        (dict(method="pi", factor="2"), FACTOR_RANGE),
+        (dict(method="pi", factor=True), FACTOR_RANGE),
+        (dict(method="pi", target_length="1m"), r"4096 x the native context 256; at most 1024 x \(262144 tokens\)"),
         (dict(method="pi"), "needs --factor"),
         (dict(method="pi", target_length=128), "below the native context"),
         (dict(method="pi", factor=2, target_length=1024), "disagree"),
         (dict(method="none", factor=2), "keeps the native context"),
         (dict(method="pi", factor=2, beta_fast=4), "do not apply to 'pi'"),
         (dict(method="yarn", target_length="lots"), "not a length"),
-        (dict(method="abf", theta=-5), "--theta must be > 0"),
+        (dict(method="abf", theta=-5), "--theta must be a finite number > 1 and <= 1e\\+12"),
+        (dict(method="abf", theta=1.0), "--theta must be a finite number > 1"),
+        (dict(method="abf", theta=float("nan")), "--theta .*got nan"),
+        (dict(method="yarn", factor=2, attention_factor=-1.0), "--attention-factor must be a finite number > 0 and <= 10"),
+        (dict(method="yarn", factor=2, attention_factor=float("inf")), "--attention-factor .*got inf"),
+        (dict(method="yarn", factor=2, beta_fast=1, beta_slow=32), r"--beta-slow \(32\) must be below --beta-fast \(1\)"),
+        (dict(method="yarn", factor=2, beta_slow=40), r"--beta-slow \(40\) must be below --beta-fast \(32\)"),
+        (dict(method="yarn", factor=2, beta_fast=float("nan")), "--beta-fast must be a finite number > 0"),
+        (dict(method="yarn", factor=2, beta_slow=0), "--beta-slow must be a finite number > 0"),
+        (dict(method="llama3", factor=2, low_freq_factor=4, high_freq_factor=4), "--low-freq-factor .* must be below"),
+        (dict(method="llama3", factor=2, high_freq_factor=-4), "--high-freq-factor must be a finite number > 0"),
     ],
 )
 def test_bad_requests_are_user_errors(kwargs, message, tiny_llama_config):
@@ -184,3 +203,10 @@ def test_bad_requests_are_user_errors(kwargs, message, tiny_llama_config):
 def test_consistent_factor_and_target_are_accepted(tiny_llama_config):
     config = extend_config(tiny_llama_config(), "pi", factor=4, target_length=1024)
     assert config.rope_parameters["factor"] == 4
+
+
+@pytest.mark.parametrize("kwargs", [dict(factor=1024), dict(factor=1), dict(beta_fast=64, beta_slow=0.5),
+                                    dict(factor=2, attention_factor=10.0)])
+def test_range_edges_are_accepted(kwargs, tiny_llama_config):
+    config = extend_config(tiny_llama_config(), "yarn", **{"factor": 2, **kwargs})
+    assert config.rope_parameters["factor"] == kwargs.get("factor", 2)

@@ -175,3 +175,47 @@ def test_package_exports():
 
     assert longseq.shifted_sparse_attention is shifted_sparse_attention
     assert longseq.train_model is trainer.train and longseq.TrainConfig is config.TrainConfig
+
+
+def reference_flash_segments(n: int, group: int, bsz: int) -> list[int]:
+    """Segment boundaries of LongLoRA's flash-attn S²-Attn (``llama_attn_replace.forward_flashattn``), rebuilt from
+    its arithmetic: the 2*bsz half-head sequences are packed one after another (row b*2 + half, half 0 = heads
+    < H/2), group starts ``arange(0, N, G)`` for half 0 and the same + G/2 for half 1, each sequence's start
+    added, its end appended. Returns the flat ``cu_seqlens``."""
+    rows = 2 * bsz
+    group_starts = [[r * n + t + (group // 2 if r % 2 else 0) for t in range(0, n, group)] for r in range(rows)]
+    return [c for r in range(rows) for c in group_starts[r] + [(r + 1) * n]]  # row r's end is row r+1's start
+
+
+@pytest.mark.parametrize("heads,n,group,bsz", [(4, 16, 4, 2), (2, 32, 8, 1), (6, 24, 6, 2)])
+def test_matches_the_reference_flash_path(heads, n, group, bsz):
+    """Packed varlen causal attention over the reference's cu_seqlens (written as plain per-segment softmax
+    attention in float64) gives our output for every head, batch row and token (no padding, G | N)."""
+    g = torch.Generator().manual_seed(heads + n + group)
+    q, k, v = (torch.randn(bsz, heads, n, 8, generator=g) for _ in range(3))
+    cu = reference_flash_segments(n, group, bsz)
+    assert cu[0] == 0 and cu[-1] == 2 * bsz * n and cu == sorted(cu)
+
+    def pack(x):  # (B, H, N, D) -> (B*2*N, H/2, D): rows b*2 + half, as the reference's reshape/permute
+        b, h, t, d = x.shape
+        return x.permute(0, 2, 1, 3).reshape(b, t, 2, h // 2, d).permute(0, 2, 1, 3, 4).reshape(b * 2 * t, h // 2, d)
+
+    qp, kp, vp = (pack(x).double() for x in (q, k, v))
+    out = torch.zeros_like(qp)
+    for s, e in zip(cu[:-1], cu[1:]):
+        logits = torch.einsum("thd,shd->hts", qp[s:e], kp[s:e]) / math.sqrt(q.shape[-1])
+        logits = logits.masked_fill(~torch.ones(e - s, e - s, dtype=torch.bool).tril(), float("-inf"))
+        out[s:e] = torch.einsum("hts,shd->thd", torch.softmax(logits, -1), vp[s:e])
+    ref = out.reshape(bsz, 2, n, heads // 2, 8).permute(0, 1, 3, 2, 4).reshape(bsz, heads, n, 8)
+    torch.testing.assert_close(shifted_sparse_attention(q, k, v, group).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_unshifted_heads_with_one_group_are_full_attention():
+    """G = N: the unshifted half is plain full causal attention (the S²-Attn limit the paper starts from)."""
+    import torch.nn.functional as F
+
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    out = shifted_sparse_attention(q, k, v, 16)
+    full = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out[:, :2], full[:, :2], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(out[:, 2:], full[:, 2:], atol=1e-3)  # the shifted half is not

@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from longseq.models.loading import load_config
-from longseq.models.rope import head_dim, native_context_length, rope_dim
+from longseq.core.errors import UserError, one_line
+from longseq.models.rope import has_rope, head_dim, native_context_length, rope_dim
 
 
 def kv_cache_bytes(config: Any, tokens: int, bytes_per_value: int = 2) -> int:
@@ -20,8 +21,12 @@ def count_parameters(config: Any) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except ValueError as err:  # an encoder (BERT) or another architecture without a causal-LM head
+        raise UserError(f"a {type(config).__name__} model is not a causal language model ({one_line(err, 120)}); "
+                        "longseq works with decoder-only models such as Llama") from None
     return sum(p.numel() for p in model.parameters())
 
 
@@ -37,10 +42,10 @@ def model_info(spec: str) -> dict[str, Any]:
         "hidden_size": config.hidden_size,
         "attention_heads": config.num_attention_heads,
         "kv_heads": getattr(config, "num_key_value_heads", config.num_attention_heads),
-        "rotary_dim": rope_dim(config),
+        "rotary_dim": rope_dim(config) if has_rope(config) else None,
         "native_context": native_context_length(config),
         "max_position_embeddings": config.max_position_embeddings,
-        "rope_parameters": dict(config.rope_parameters or {}),
+        "rope_parameters": dict(getattr(config, "rope_parameters", None) or {}),
         "longseq_extension": getattr(config, "longseq_extension", None),
         "kv_cache_bf16_bytes": {k: kv_cache_bytes(config, n) for k, n in lengths.items()},
     }
@@ -54,6 +59,9 @@ def _human(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
+NO_ROPE = "none (no rotary position embedding: longseq extend does not apply)"
+
+
 def format_info(info: dict[str, Any]) -> str:
     """Human-readable form of :func:`model_info`."""
     lines = [
@@ -61,10 +69,10 @@ def format_info(info: dict[str, Any]) -> str:
         f"architecture     {info['architecture']}",
         f"parameters       {info['parameters']:,} ({info['parameters'] / 1e6:.1f}M)",
         f"layers           {info['layers']} (hidden {info['hidden_size']}, heads {info['attention_heads']}, "
-        f"kv heads {info['kv_heads']}, rotary dim {info['rotary_dim']})",
+        f"kv heads {info['kv_heads']}, rotary dim {info['rotary_dim'] or 'none'})",
         f"native context   {info['native_context']:,} tokens",
         f"max positions    {info['max_position_embeddings']:,}",
-        f"rope             {json.dumps(info['rope_parameters'], sort_keys=True)}",
+        f"rope             {json.dumps(info['rope_parameters'], sort_keys=True) if info['rotary_dim'] else NO_ROPE}",
     ]
     if info["longseq_extension"]:
         lines.append(f"extension        {json.dumps(info['longseq_extension'], sort_keys=True)}")

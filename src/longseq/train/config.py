@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from longseq.core.errors import UserError, one_line, unknown_choice
+from longseq.core.parsing import parse_length
+from longseq.models.rope import MAX_FACTOR, MAX_THETA, check_number
 from longseq.models.rope import METHODS as ROPE_METHODS
 
 
@@ -76,9 +78,16 @@ class TrainConfig:
     randomized_positions: int | None = None  # MAXLEN: position_ids sampled from [0, MAXLEN) (Ruoss et al.)
     save_adapter: bool = False  # also keep the unmerged adapter in DIR/adapter
     resume: bool = False  # continue from DIR/checkpoint
+    tokenizer: str | None = None  # spec to take the tokenizer from, for a checkpoint saved without one
 
     # Fields that may differ between a run and its resumption (everything else must match).
     RESUMABLE_CHANGES = ("steps", "out", "resume", "save_every", "save_adapter")
+    # Fields added after runs were recorded: left out of the fingerprint while unset, so those runs resume.
+    ADDED_LATER = ("tokenizer",)
+
+    def __post_init__(self) -> None:
+        """Check every field's type and range (:func:`check_fields`): the Python API refuses what the CLI does."""
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> "TrainConfig":
@@ -87,11 +96,15 @@ class TrainConfig:
         unknown = [k for k in values if k.replace("-", "_") not in names]
         if unknown:
             raise unknown_choice(f"key in {where}", unknown[0], names)
-        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        try:
+            return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        except UserError as err:
+            raise UserError(f"{where}: {err}" if where != "config" else str(err)) from None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that define a run (resume refuses a checkpoint whose fingerprint differs)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.RESUMABLE_CHANGES}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in self.RESUMABLE_CHANGES and not (k in self.ADDED_LATER and v is None)}
 
     @property
     def method_spec(self) -> Method:
@@ -120,6 +133,101 @@ def load_recipe(path: str) -> dict[str, Any]:
     return values
 
 
+@dataclass(frozen=True)
+class Bound:
+    """Type and range of a numeric field: ``low <= value <= high``, with ``<`` on the side that is not closed
+    (``high`` None: no upper bound); ``optional``: None allowed; ``length``: also ``8k``-style strings."""
+
+    kind: type
+    low: float
+    high: float | None = None
+    low_closed: bool = True
+    high_closed: bool = True
+    optional: bool = False
+    length: bool = False
+
+
+NUMBERS: dict[str, Bound] = {
+    "factor": Bound(float, 1.0, MAX_FACTOR, optional=True),
+    "target_length": Bound(int, 1, optional=True, length=True),
+    "theta": Bound(float, 1.0, MAX_THETA, low_closed=False, optional=True),
+    "seq_len": Bound(int, 2, length=True),
+    "steps": Bound(int, 1),
+    "batch_size": Bound(int, 1),
+    "grad_accum": Bound(int, 1),
+    "lr": Bound(float, 0.0, 1.0, low_closed=False),
+    "warmup_steps": Bound(int, 0),
+    "weight_decay": Bound(float, 0.0, 1.0),
+    "adam_beta1": Bound(float, 0.0, 1.0, high_closed=False),  # torch.optim.AdamW: 0 <= beta < 1
+    "adam_beta2": Bound(float, 0.0, 1.0, high_closed=False),
+    "max_grad_norm": Bound(float, 0.0),  # 0 = no clipping
+    "lora_r": Bound(int, 1),
+    "lora_alpha": Bound(int, 1),
+    "lora_dropout": Bound(float, 0.0, 1.0, high_closed=False),
+    "group_ratio": Bound(float, 0.0, 1.0, low_closed=False),
+    "group_size": Bound(int, 2, optional=True, length=True),
+    "save_every": Bound(int, 1),
+    "seed": Bound(int, 0, 2**32 - 1),
+    "randomized_positions": Bound(int, 1, optional=True, length=True),
+}
+CHOICES: dict[str, tuple[str, Any]] = {
+    "method": ("training method", TRAIN_METHODS), "rope": ("RoPE method", ROPE_METHODS),
+    "precision": ("precision", PRECISIONS),
+}
+STRINGS = ("model", "method", "rope", "data", "data_split", "text_field", "out", "precision")
+OPTIONAL_STRINGS = ("tokenizer",)
+BOOLS = ("gradient_checkpointing", "save_adapter", "resume")
+
+
+def _flag(name: str) -> str:
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _coerce(name: str, value: Any, bound: Bound) -> Any:
+    """A recipe or API value as the field's type: YAML reads ``2e-5`` as a string, ``1e3`` too; ``8k`` is a
+    length. Integral floats become ints. Anything else is returned as is (and refused by the range check)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if bound.length:
+            try:
+                return parse_length(value)
+            except UserError as err:
+                raise UserError(f"{_flag(name)}: {err}") from None
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if bound.kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def check_fields(cfg: TrainConfig) -> None:
+    """Types and ranges of every field (numbers finite and in range, choices known, strings strings);
+    raises :class:`UserError` naming the field, its flag and the valid range. Values are coerced in place
+    (see :func:`_coerce`)."""
+    for name, bound in NUMBERS.items():
+        value = getattr(cfg, name)
+        if value is None and bound.optional:
+            continue
+        value = _coerce(name, value, bound)
+        if bound.kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise UserError(f"{_flag(name)} must be a whole number, got {value!r}")
+        check_number(_flag(name), value, bound.low, bound.high, bound.low_closed, bound.high_closed)
+        setattr(cfg, name, value)
+    for name in STRINGS + OPTIONAL_STRINGS:
+        value = getattr(cfg, name)
+        if not isinstance(value, str) and not (value is None and name in OPTIONAL_STRINGS):
+            raise UserError(f"{_flag(name)} must be a string, got {value!r}")
+    for name in BOOLS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise UserError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    for name, (kind, choices) in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise unknown_choice(kind, getattr(cfg, name), choices)
+
+
 def s2attn_group_size(cfg: TrainConfig) -> int:
     """G for ``cfg``; raises :class:`UserError` unless G is even and divides ``seq_len``."""
     if cfg.group_size is not None:
@@ -141,23 +249,11 @@ def s2attn_group_size(cfg: TrainConfig) -> int:
 
 def validate(cfg: TrainConfig) -> None:
     """Check everything that needs no model weights; raise :class:`UserError` with the fix."""
-    if cfg.method not in TRAIN_METHODS:
-        raise unknown_choice("training method", cfg.method, TRAIN_METHODS)
-    if cfg.rope not in ROPE_METHODS:
-        raise unknown_choice("RoPE method", cfg.rope, ROPE_METHODS)
-    if cfg.precision not in PRECISIONS:
-        raise unknown_choice("precision", cfg.precision, PRECISIONS)
+    check_fields(cfg)  # again: fields may have been assigned after construction
     if not cfg.data:
         raise UserError("no training data; pass --data PATH (text file/folder, .jsonl, or a datasets name)")
     if not cfg.out:
         raise UserError("no output folder; pass --out DIR")
-    for name in ("seq_len", "steps", "batch_size", "grad_accum", "save_every", "lora_r"):
-        if int(getattr(cfg, name)) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.seq_len < 2:
-        raise UserError("--seq-len must be >= 2")
-    if cfg.lr <= 0:
-        raise UserError(f"--lr must be > 0, got {cfg.lr}")
     if cfg.randomized_positions is not None and cfg.randomized_positions < cfg.seq_len:
         raise UserError(f"--randomized-positions {cfg.randomized_positions} is below --seq-len {cfg.seq_len}; "
                         "the position range must hold a whole sequence")

@@ -9,10 +9,15 @@ Layout of ``--out DIR``::
     DIR/checkpoint/       latest resumable state (accelerate save_state + data position), every K steps
     DIR/model/            final Hugging Face checkpoint, LoRA merged (plain transformers loads it)
     DIR/adapter/          with --save-adapter: the peft adapter (+ embeddings/norms for longlora)
+    DIR/longseq-run.json  the folder's kind (train), DIR/.longseq.lock: held while a run writes
+
+Nothing is written before every setting, the tokenizer and the data have been checked; a failed write
+later is a one-line error that leaves the last checkpoint intact (:func:`longseq.train.checkpoint.write_errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,11 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from longseq.core.errors import UserError
 from longseq.core.fsutil import append_jsonl, atomic_dir, atomic_write_text, read_jsonl
+from longseq.core.rundir import claim_kind, lock_run_folder
 from longseq.core.runtime import tune_process
-from longseq.models.loading import load_config, load_model, load_tokenizer, pick_dtype
+from longseq.models.loading import check_output_path, load_config, load_model, load_tokenizer, pick_dtype
 from longseq.models.rope import apply_rope, extend_config
-from longseq.train.checkpoint import check_out_dir, fingerprint_hash, fingerprint_json, save_checkpoint
+from longseq.train.checkpoint import check_out_dir, fingerprint_hash, fingerprint_json, save_checkpoint, write_errors
 from longseq.train.config import TrainConfig, s2attn_group_size, validate
 from longseq.train.corpus import IGNORE_INDEX, TrainData, load_train_data
 
@@ -55,7 +62,7 @@ def _extra_trainable(model: Any) -> list[str]:
 
 def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
     """Load the model (fp32 master weights) and :func:`prepare_model` it; returns (model, tokenizer)."""
-    model, tokenizer = load_model(cfg.model, dtype="float32")
+    model, tokenizer = load_model(cfg.model, dtype="float32", tokenizer=cfg.tokenizer)
     return prepare_model(model, cfg), tokenizer
 
 
@@ -142,9 +149,11 @@ def _check_before_loading(cfg: TrainConfig) -> dict[str, Any] | None:
     Returns the checkpoint state to resume from (see :func:`check_out_dir`).
     """
     validate(cfg)
+    check_output_path(cfg.out)
     if _extends_rope(cfg):
         extend_config(load_config(cfg.model), cfg.rope, factor=cfg.factor, target_length=cfg.target_length,
                       theta=cfg.theta)
+    claim_kind(cfg.out, "train", record=False)  # a folder of another command is refused
     return check_out_dir(cfg)
 
 
@@ -160,7 +169,6 @@ def _mixed_precision(cfg: TrainConfig) -> str:
 
 def _record_run(out: Path, cfg: TrainConfig, data: TrainData, model: Any, step: int) -> None:
     """Write ``run.json`` and drop the metrics records after ``step`` (those steps will be redone)."""
-    out.mkdir(parents=True, exist_ok=True)
     record = {"config": dataclasses.asdict(cfg), "fingerprint": fingerprint_json(cfg),
               "data": {"kind": data.kind, "examples": len(data), "tokens": data.tokens},
               "parameters": trainable_summary(model)}
@@ -204,22 +212,55 @@ def _accumulate_step(accelerator: Any, model: Any, cfg: TrainConfig, data: Train
     return loss_sum_local, tokens, step_tokens
 
 
+TOKENIZER_HINT = "pass --tokenizer SPEC (the model whose tokenizer it uses), or copy that tokenizer's files into it"
+
+
+def _claim_out(out: Path, cfg: TrainConfig, stack: contextlib.ExitStack) -> dict[str, Any] | None:
+    """Create ``out``, mark it as a train folder and lock it for this process (main process only); then check
+    it again under the lock (another run may have started in between). Returns the state to resume from."""
+    with write_errors(out, "the run folder"):
+        out.mkdir(parents=True, exist_ok=True)
+        claim_kind(out, "train")
+    stack.enter_context(lock_run_folder(out))
+    return check_out_dir(cfg)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a training run; returns a summary with the output paths and the last loss."""
-    import torch
+    """Run (or resume) a training run; returns a summary with the output paths and the last loss.
+
+    Every bad setting, a missing tokenizer and unusable data are refused before anything is written. A failed
+    write (full disk, read-only folder) is a one-line :class:`UserError`; the last checkpoint stays intact.
+    """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm import tqdm
-    from transformers import get_constant_schedule_with_warmup
 
     tune_process()
     resume_state = _check_before_loading(cfg)
     out = Path(cfg.out)
     mixed_precision = _mixed_precision(cfg)
     # Data problems (too short, empty, malformed) surface before any weights are loaded.
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model, fix=TOKENIZER_HINT)
     data = load_train_data(cfg.data, tokenizer, cfg.seq_len, cfg.data_split, cfg.text_field)
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    try:
+        accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+    except ValueError as err:  # accelerate fixes the precision once per process
+        if "already been initialized" not in str(err):
+            raise
+        raise UserError(f"this Python process already trained with another precision than {cfg.precision!r} "
+                        "(accelerate keeps one per process); use the same precision or a new process") from None
+    with contextlib.ExitStack() as stack:
+        if accelerator.is_main_process:
+            resume_state = _claim_out(out, cfg, stack)
+        return _run(accelerator, cfg, out, data, resume_state, progress)
+
+
+def _run(accelerator: Any, cfg: TrainConfig, out: Path, data: TrainData, resume_state: dict[str, Any] | None,
+         progress: bool) -> dict[str, Any]:
+    """The optimizer loop of :func:`train` from ``resume_state`` (or step 0), checkpoints and the export."""
+    import torch
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+    from transformers import get_constant_schedule_with_warmup
+
     ds = getattr(accelerator.state, "deepspeed_plugin", None)
     if ds is not None:  # no prepared DataLoader to read the micro-batch size from
         ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
@@ -238,7 +279,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         accelerator.load_state(resume_state["path"])
         step = int(resume_state["step"])
     if accelerator.is_main_process:
-        _record_run(out, cfg, data, model, step)
+        with write_errors(out, "run.json"):
+            _record_run(out, cfg, data, model, step)
 
     per_step = cfg.batch_size * accelerator.num_processes * cfg.grad_accum  # examples per optimizer step
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step", file=sys.stderr,
@@ -260,20 +302,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         done_tokens += tokens_all
         dt = time.time() - t0
         if accelerator.is_main_process:
-            append_jsonl(out / "metrics.jsonl", {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
-                                                 "tokens": tokens_all, "tokens_per_s": round(tokens_all / dt, 1),
-                                                 "step_s": round(dt, 3), "elapsed_s": round(time.time() - started, 2)})
+            with write_errors(out, "metrics.jsonl"):
+                append_jsonl(out / "metrics.jsonl", {
+                    "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens": tokens_all,
+                    "tokens_per_s": round(tokens_all / dt, 1), "step_s": round(dt, 3),
+                    "elapsed_s": round(time.time() - started, 2)})
         bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_all / dt:.0f}")
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(accelerator, out, {"step": step, "examples_seen": step * per_step,
-                                               "fingerprint": fingerprint_hash(cfg)})
+            with write_errors(out, "the checkpoint"):
+                save_checkpoint(accelerator, out, {"step": step, "examples_seen": step * per_step,
+                                                   "fingerprint": fingerprint_hash(cfg)})
         if delay:
             time.sleep(delay)
     bar.close()
     result = {"out": str(out), "steps": step, "loss": loss_value, "tokens": done_tokens,
               "parameters": trainable_summary(model)}
-    result.update(export(accelerator, model, tokenizer, cfg))
+    with write_errors(out, "the final model"):
+        result.update(export(accelerator, model, tokenizer, cfg))
     return result
 
 
