@@ -123,7 +123,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 _FIXES = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space",
           errno.EROFS: "choose a writable --out", errno.EACCES: "choose a writable --out",
-          errno.EPERM: "choose a writable --out"}
+          errno.EPERM: "choose a writable --out",
+          errno.ENOTDIR: "choose an --out whose parent folders are folders, not files"}
 
 
 @contextlib.contextmanager

@@ -48,8 +48,8 @@ class OpenAIClient:
                             f"{one_line(err.message, 200)}") from None
 
     def check(self) -> None:
-        """Fail fast (one line) when the server is down, before any work."""
-        self._call(self.client.models.list)
+        """Fail fast (one line) when the server is down, before any work: one try, a short timeout."""
+        self._call(self.client.with_options(max_retries=0, timeout=10.0).models.list)
 
     def complete(self, prompt: str, max_tokens: int, stop: Sequence[str] = ()) -> Generation:
         """Greedy continuation of the raw text ``prompt`` (``/v1/completions``)."""
