@@ -33,6 +33,7 @@ from longseq.eval.report import format_table, report_markdown, write_plots
 from longseq.eval.summary import summarize
 from longseq.eval.tasks import EVAL_TASKS, PlannedSample, RunContext, record_key
 from longseq.models.loading import load_config, load_tokenizer, pick_dtype
+from longseq.models.rope import extend_config
 
 __all__ = ["EvalConfig", "run_eval"]
 
@@ -121,6 +122,10 @@ def _check_before_writing(cfg: EvalConfig, ctx: RunContext, planned: list[Planne
         bpv = pick_dtype(cfg.dtype).itemsize
         for length in sorted({s.length for s in planned}):
             check_fits(config, length, cfg.chunk_size, bpv)
+        for method in dict.fromkeys(s.method for s in planned if s.method != "none"):
+            # the scale each engine will use (e.g. a factor above the registry's bound) fails now, not mid-run
+            extend_config(config, method, target_length=cfg.target_length or max(
+                s.length for s in planned if s.method == method))
     else:
         _engine_factory(cfg)("none").check()  # server down -> one line, before anything is written
     # One sample per (task, subtask, length) before loading any model: a length too short fails now.
