@@ -43,6 +43,8 @@ _EXPORTS: dict[str, str] = {
     "MemoryController": "longseq.memory.controller",
     "SCMAgent": "longseq.memory.agent",
     "ControllerConfig": "longseq.memory.controller",
+    "TuneConfig": "longseq.tune.run",
+    "tune_rope": "longseq.tune.run",
     "TransformersChat": "longseq.memory.llm",
     "OpenAIChat": "longseq.memory.llm",
     "run_lab": "longseq.lab.run",

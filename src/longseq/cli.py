@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "longseq.lengthgen.cli",
     "longseq.memory.cli",
     "longseq.lab.cli",
+    "longseq.tune.cli",
 )
 
 EPILOG = """quick start:
