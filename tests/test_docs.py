@@ -38,11 +38,14 @@ EXPECTED_HEADINGS: dict[str, list[str]] = {
     "docs/lab.md": ["Lab: the context-extension findings at small scale", "Command", "Python API", "Stages",
                     "Results"],
     "docs/runtime.md": ["Runtime settings", "OpenMP wait policy", "glibc malloc", "Measured"],
-    "docs/benchmarks.md": ["Benchmarks", "Machine", "bench/eval_throughput.py", "bench/s2attn.py",
+    "docs/benchmarks.md": ["Benchmarks", "Machine", "bench/eval_throughput.py", "bench/prefix_cache.py",
+                           "bench/s2attn.py",
                            "bench/lengthgen_throughput.py", "bench/memory.py"],
     "docs/fidelity.md": ["Fidelity to the reference protocols", "RULER", "LongEval", "Needle in a haystack",
                          "Chomsky hierarchy tasks", "Self-Controlled Memory (SCM)", "LongLoRA"],
     "docs/lab-results.md": ["longseq lab: results of one default run", "Training cost", "Plots"],
+    "docs/tune-rope.md": ["Tuning the RoPE rescaling for a model: tune-rope", "Command", "How the search works",
+                          "Outputs", "Python API", "Measured"],
 }
 """Page -> its title (first) and main sections, in order. A new docs page must be listed here."""
 

@@ -5,8 +5,9 @@ method, and writes to ``--out``:
   * ``samples.jsonl``: one line per scored sample, appended as soon as it is scored; re-running the same
     command skips every sample already there (resume). Records are keyed by (method, task, subtask,
     length, index): a key is written once and counted once, even if the file holds a duplicated line;
-  * ``summary.json``: ``{"model", "threshold", "results": [{"task", "method", "length", "score", "n", ...}],
-    "effective_length": {method: int}}`` (:mod:`longseq.eval.summary`);
+  * ``summary.json``: ``{"model", "threshold", "results": [{"task", "method", "length", "score", "n",
+    "ci_low", "ci_high", ...}], "effective_length": {method: int},
+    "effective_length_by_task": {method: {task: int}}}`` (:mod:`longseq.eval.summary`);
   * ``report.md``, ``score_vs_length.png`` and the tasks' own figures, e.g. ``niah_heatmap.png``
     (:mod:`longseq.eval.report`);
   * ``run.json`` (the settings a resume must repeat), ``longseq-run.json`` and ``.longseq.lock``

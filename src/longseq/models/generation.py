@@ -10,6 +10,11 @@ through :meth:`LocalLM.generate_ids`. It is built for long prompts on small hard
   * only needed logits: prefill chunks run the decoder body without the LM head, and the last chunk
     asks for the logits of its final position only (``logits_to_keep=1``); a 49k-word vocabulary would
     otherwise cost length x 49k floats;
+  * automatic prefix caching: the KV cache of the previous prompt is kept and, when the next prompt starts
+    with the same tokens (NIAH depths and passkey positions share everything before the inserted fact),
+    cropped to the longest common prefix so that only the rest is prefilled (vLLM's automatic prefix
+    caching, for one sequence), opt-in with ``LocalLM(..., prefix_cache=True)``. At most one cache is kept,
+    never larger than the one the previous generation held; :meth:`LocalLM.nll` drops it;
   * greedy decoding with the KV cache, stopping at EOS, at a stop string (:func:`cut_at_stop`) or after
     ``max_new_tokens``; optionally a CTRL repetition penalty over the generated tokens only;
   * bf16 weights where the CPU runs bf16 natively (:func:`longseq.models.loading.pick_dtype`).
@@ -105,21 +110,48 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def estimate_memory_bytes(config: Any, length: int, chunk_size: int, bytes_per_value: int) -> int:
-    """Peak memory of one generation at ``length`` tokens beyond the weights: the KV cache, one chunk's
-    boolean attention mask (chunk x length; PyTorch's CPU flash kernel never materializes the scores)
-    and one chunk's MLP activations (a few chunk x intermediate tensors)."""
+def estimate_memory_bytes(config: Any, length: int, chunk_size: int, bytes_per_value: int,
+                          attn_implementation: str | None = None) -> int:
+    """Upper bound of the peak memory of one generation or perplexity pass at ``length`` tokens, beyond the
+    weights (each term from peak resident memory measured at 8k-64k tokens; ``tests/test_eval_run.py`` checks
+    the bound):
+
+      * attention mask: a chunk with a past (every chunk after the first, or the rest of a prompt after a
+        reused prefix) gets an explicit (chunk x length) boolean mask, which SDPA's CPU kernel converts to
+        the query dtype: ``chunk x length x (1 + bytes_per_value)``. This term dominates at long lengths
+        (tiny model, 32k prompt, 16k chunks: 1.55 GB measured in bf16, 2.61 GB in fp32, for a 4 MB KV cache);
+      * eager attention (``attn_implementation="eager"``) also materializes every head's scores, the masked
+        scores, their fp32 softmax and its cast back: ``heads x chunk x length x (3 x bytes_per_value + 4)``
+        (10.6 bytes per score measured in bf16);
+      * the KV cache, plus one layer's K and V again while ``torch.cat`` grows it;
+      * one chunk's activations (a few chunk x intermediate and chunk x hidden tensors, fp32 at worst);
+      * 512 positions of vocabulary logits, twice (perplexity scores the LM head in 512-row slices: the
+        head's output, its fp32 copy and log-softmax, while the previous slice's are still alive);
+      * the prompt itself: text, token ids and the tokenizer's encoding, about 2 KB per token.
+    """
     chunk = min(chunk_size, length)
-    inter = getattr(config, "intermediate_size", None) or 4 * config.hidden_size
-    return kv_cache_bytes(config, length, bytes_per_value) + chunk * length + 6 * chunk * inter * 4
+    bpv = bytes_per_value
+    layers = config.num_hidden_layers
+    hidden = config.hidden_size
+    inter = getattr(config, "intermediate_size", None) or 4 * hidden
+    attn = attn_implementation or getattr(config, "_attn_implementation", None) or "sdpa"
+    need = chunk * length * (1 + bpv)
+    if attn == "eager":
+        need += config.num_attention_heads * chunk * length * (3 * bpv + 4)
+    need += kv_cache_bytes(config, length, bpv) * (layers + 2) // layers
+    need += chunk * (6 * inter + 8 * hidden) * 4
+    need += 512 * config.vocab_size * (2 * bpv + 12)
+    return need + 2048 * length
 
 
 def check_fits(config: Any, length: int, chunk_size: int, bytes_per_value: int, weights_bytes: int = 0) -> None:
-    """Raise :class:`UserError` when ``length`` cannot fit in the available memory."""
+    """Raise :class:`UserError` when ``length`` cannot fit in the available memory
+    (:func:`estimate_memory_bytes` + the weights must stay under 90% of what is available)."""
     need = estimate_memory_bytes(config, length, chunk_size, bytes_per_value) + weights_bytes
     have = available_memory_bytes()
     if need > 0.9 * have:
-        raise UserError(f"length {length} needs about {need / 2**30:.1f} GiB (KV cache + attention chunk) but only "
+        raise UserError(f"length {length} needs about {need / 2**30:.1f} GiB (attention mask of a "
+                        f"{min(chunk_size, length)}-token chunk, KV cache, activations) but only "
                         f"{have / 2**30:.1f} GiB is available; lower --lengths or --chunk-size")
 
 
@@ -154,6 +186,15 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 class LocalLM(TokenCounter):
     """Greedy generation and log-likelihoods with a local transformers model (see module docstring).
 
@@ -161,14 +202,41 @@ class LocalLM(TokenCounter):
         model: a causal LM in eval mode (RoPE already set by :func:`longseq.models.rope.apply_rope`).
         tokenizer: its tokenizer.
         chunk_size: prefill chunk in tokens.
+        prefix_cache: keep the last generation's KV cache and reuse its longest common prefix with the next
+            prompt (:meth:`generate_ids`); ``reused_tokens`` / ``prefilled_tokens`` count the effect. Off by
+            default: on CPU the rest of a prompt after a reused prefix needs an explicit attention mask, and
+            ``bench/prefix_cache.py`` measured NIAH 1.87x slower with it (docs/benchmarks.md).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, chunk_size: int = 16384):
+    def __init__(self, model: Any, tokenizer: Any, chunk_size: int = 16384, prefix_cache: bool = False):
         if chunk_size < 1:
             raise UserError(f"--chunk-size must be >= 1, got {chunk_size}")
         self.model, self.tokenizer, self.chunk_size = model, tokenizer, chunk_size
         self.body = getattr(model, model.base_model_prefix)
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.prefix_cache = prefix_cache
+        self._kept: tuple[list[int], Any] | None = None  # (ids whose K/V the cache holds, that DynamicCache)
+        self.reused_tokens = self.prefilled_tokens = 0
+
+    def clear_prefix_cache(self) -> None:
+        """Free the kept KV cache (the next prompt is prefilled whole)."""
+        self._kept = None
+
+    def _cache_for(self, ids: Sequence[int]) -> tuple[Any, int]:
+        """A DynamicCache holding the K/V of ``ids[:reuse]`` and ``reuse``: the kept cache cropped to its longest
+        common prefix with ``ids`` (at most ``len(ids) - 1``, the last prompt token must run to give logits), or
+        a new empty cache. Only full-attention layers can be cropped; other caches are never reused."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        kept, self._kept = self._kept, None  # dropped before anything new is allocated
+        if kept is not None and self.prefix_cache:
+            kept_ids, cache = kept
+            reuse = min(common_prefix_length(kept_ids, ids), len(ids) - 1)
+            if reuse > 0 and all(type(layer) is DynamicLayer for layer in cache.layers):
+                cache.crop(reuse - len(kept_ids))
+                return cache, reuse
+        return DynamicCache(config=self.model.config), 0
 
     @classmethod
     def load(cls, spec: str, method: str = "none", dtype: str = "auto", chunk_size: int = 16384,
@@ -210,7 +278,6 @@ class LocalLM(TokenCounter):
         decoded output (the text is cut there), or after ``max_new_tokens`` tokens.
         """
         import torch
-        from transformers import DynamicCache
 
         t0 = time.perf_counter()
         if not ids:
@@ -219,8 +286,10 @@ class LocalLM(TokenCounter):
         out: list[int] = []
         finish = "length"
         with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            logits = self._prefill(torch.tensor([list(ids)], device=device), cache, want_logits=True)
+            cache, reuse = self._cache_for(ids)
+            logits = self._prefill(torch.tensor([list(ids[reuse:])], device=device), cache, want_logits=True)
+            self.reused_tokens += reuse
+            self.prefilled_tokens += len(ids) - reuse
             for step in range(max_new_tokens):
                 if step:
                     logits = self.model(input_ids=torch.tensor([out[-1:]], device=device), cache=cache,
@@ -233,6 +302,8 @@ class LocalLM(TokenCounter):
                 if stop and cut_at_stop(self.tokenizer.decode(out, skip_special_tokens=True), stop)[1]:
                     finish = "stop"
                     break
+        if self.prefix_cache:  # the cache holds the prompt and every generated token but the last
+            self._kept = ((list(ids) + out)[:cache.get_seq_length()], cache)
         text, _ = cut_at_stop(self.tokenizer.decode(out, skip_special_tokens=True), stop)
         return Generation(text, len(out), finish, time.perf_counter() - t0)
 
@@ -246,6 +317,7 @@ class LocalLM(TokenCounter):
         import torch.nn.functional as F
         from transformers import DynamicCache
 
+        self.clear_prefix_cache()  # one KV cache at a time (the memory estimate counts one)
         x = torch.tensor([list(ids)], device=self.model.device)
         n = x.shape[1]
         head = self.model.get_output_embeddings()

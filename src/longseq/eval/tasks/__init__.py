@@ -13,6 +13,7 @@ from __future__ import annotations
 from longseq.eval.tasks.generate import GenerationTask, Prompt, PromptBuilder, size_prompt
 from longseq.eval.tasks.hook import (EVAL_TASKS, EvalTask, PlannedSample, RunContext, effective_tasks, record_key,
                                      task_names)
+from longseq.eval.tasks.jsonl import JSONL_PREFIX, JsonlTask, register_jsonl_tasks  # noqa: F401 (jsonl:PATH tasks)
 from longseq.eval.tasks.ppl import PPL
 from longseq.eval.tasks.retrieval import RETRIEVAL_TASKS
 from longseq.eval.tasks.ruler import RULER, RULER_SUBTASKS
