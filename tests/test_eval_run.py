@@ -157,6 +157,7 @@ def _cli(capsys, *argv):
     (["--methods", "none,yarn", "--target-length", "1000m"], "at most 1024 x"),  # refused before any model loads
     (["--threshold", "nan"], "--threshold must be in [0, 1]"),
     (["--depths", "50,nan", "--tasks", "niah"], "depths are fractions"),
+    (["--depths", " , ", "--tasks", "niah"], "--depths must be numbers"),
     (["--prompt-format", "xml"], "unknown prompt format"),
     (["--tasks", "ppl", "--ppl-text", "/nonexistent/text.txt"], "/nonexistent/text.txt"),
 ])
@@ -376,7 +377,8 @@ def test_cli_quick_preset_plan():
     args = build_parser().parse_args(["eval", "--preset", "quick"])
     cfg = config_from_args(args)
     assert cfg.tasks == ["passkey", "lines"] and cfg.samples == 2
-    assert cfg.cells == [("none", L) for L in (1024, 2048, 4096, 8192, 16384)] + [("yarn", 16384)]
+    assert cfg.cells == [("none", L) for L in (1024, 4096, 8192, 16384)] + [("yarn", 16384)]
+    assert cfg.task_lengths == {"lines": (1024,)}
     args = build_parser().parse_args(["eval", "--preset", "quick", "--methods", "none,pi", "--lengths", "2k"])
     assert config_from_args(args).cells == [("none", 2048), ("pi", 2048)]
 
@@ -504,3 +506,13 @@ def test_memory_estimate_is_an_upper_bound_of_the_measured_peak(tiny_llama):
 def test_memory_estimate_bounds_the_embedded_model():
     for r in _peaks("smollm2-135m", [["sdpa", 8192, 4096, "gen"], ["sdpa", 8192, 2048, "nll"]]):
         assert r["estimate"] >= r["peak"], r
+
+
+def test_a_folder_of_an_older_prompt_protocol_is_refused(done_run):
+    """Samples scored with other prompts are never mixed in: a run.json without "protocol" is version 1."""
+    marker = Path(done_run.out) / "run.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "protocol"}))
+    before = _snapshot(Path(done_run.out))
+    with pytest.raises(UserError, match="different protocol"):
+        run_eval(done_run, progress=False, quiet=True)
+    assert _snapshot(Path(done_run.out)) == before

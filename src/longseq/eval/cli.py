@@ -38,6 +38,8 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     if args.depths:
         try:
             depths = [float(x) for x in parse_csv(args.depths)]
+            if not depths:
+                raise ValueError
         except ValueError:
             raise UserError(f"--depths must be numbers like 0,25,50,75,100 or 0,0.5,1; got '{args.depths}'") from None
         if max(depths) > 1:

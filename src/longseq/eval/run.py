@@ -46,12 +46,21 @@ def _model_id(spec: str) -> str:
     return str(path.resolve()) if path.exists() else spec
 
 
+PROTOCOL = 2
+"""Version of the tasks' prompts and scoring; 2 follows the reference code (RULER, LongChat, NIAH). Samples of
+another version are never mixed into a run (a folder without the field holds version 1)."""
+
+
+def _normalize(old: dict[str, Any]) -> dict[str, Any]:
+    old = {"protocol": 1, **old}
+    return {**old, "model": _model_id(old["model"])} if "model" in old else old
+
+
 def _claim(out: Path, cfg: EvalConfig, fmt: str) -> None:
-    """Refuse to mix samples of a different model / seed / prompt format / backend in one folder."""
+    """Refuse to mix samples of a different model / seed / prompt format / backend / protocol in one folder."""
     ident = {"model": _model_id(cfg.model), "seed": cfg.seed, "prompt_format": fmt, "backend": cfg.backend,
-             "api_model": cfg.api_model if cfg.backend == "openai" else None}
-    claim_run_folder(out, "run.json", ident, kind="eval",
-                     normalize=lambda old: {**old, "model": _model_id(old["model"])} if "model" in old else old)
+             "api_model": cfg.api_model if cfg.backend == "openai" else None, "protocol": PROTOCOL}
+    claim_run_folder(out, "run.json", ident, kind="eval", normalize=_normalize)
 
 
 def check_record(rec: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ claims on a few-million-parameter Llama in minutes, through the same code paths 
   pretrain  full training from scratch at the native context L, with plain and with randomized positions
   finetune  from the plain model at 4L with one token budget: direct (extrapolation), PI, ABF (full
             fine-tuning), LongLoRA and LoRA (PI), timing and peak memory of each (:mod:`longseq.lab.stages`)
-  eval      perplexity, passkey and lines at 1L..8L: zero-shot none/pi/ntk/yarn (targets 4L and 8L),
+  eval      perplexity and passkey at 1L..8L, lines at 2L..8L: zero-shot none/pi/ntk/yarn (targets 4L and 8L),
             the randomized model, every fine-tuned model
   report    summary.json, report.md (one table per finding, the paper's claim beside the measured
             numbers, a verdict computed from them by :data:`longseq.lab.findings.FINDINGS`), plots
