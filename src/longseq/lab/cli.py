@@ -23,8 +23,9 @@ def add_cli(sub: Any) -> None:
     """Register ``longseq lab``."""
     p = sub.add_parser("lab", help="reproduce the context-extension findings end to end on a tiny model (CPU)")
     p.add_argument("--out", required=True, help="lab folder (every stage is cached there and resumes)")
-    p.add_argument("--quick", action="store_true", help="the quick preset (10 min on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="the quick preset (one seed, short training; a smoke run)")
     p.add_argument("--size", default="default", choices=sorted(SIZES),
-                   help="size preset: default (29 min on 2 CPU cores), quick (10 min), test (a minute; for tests)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="size preset: default (two fine-tuning seeds per arm), quick, test (about a minute; for "
+                        "tests); measured times in docs/lab.md")
+    p.add_argument("--seed", type=int, default=0, help="first seed (fine-tuning arms use seed .. seed + seeds - 1)")
     p.set_defaults(func=_cmd_lab)

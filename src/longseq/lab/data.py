@@ -1,22 +1,34 @@
-"""Stage 1 of the lab: the training corpora, the held-out text and the initial random model.
+"""Stage 1 of the lab: the tokenizer, the training rows, the held-out text and the initial random model.
 
-The pre-training corpus is the shipped prose + Python's own docstrings + synthetic retrieval documents
-(passkey and LongEval lines, built by the eval task generators); the shipped prose's tail is held out for
-perplexity. The initial model is a tiny random Llama that uses the embedded model's tokenizer.
+Prose is the shipped haystack text (its tail held out for perplexity) plus the docstrings of Python's own
+standard library. The pre-training mixture is a retrieval curriculum: a share of the rows end with a passkey
+or LongEval-lines documents (built by the eval task generators, so the model learns the very formats
+``longseq eval`` asks) of random sizes up to the row length, preceded by prose; the other rows are prose.
+Every row is exactly one training sequence (``seq_len - 1`` tokens, then the EOS that ``longseq train`` puts
+between documents), so no retrieval document is cut in two by packing.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 import random
 import sysconfig
 from pathlib import Path
+from typing import Any, Iterator
 
 from longseq.core.fsutil import atomic_dir
 from longseq.eval.tasks import EVAL_TASKS, haystack_text
+from longseq.eval.tasks.text import words
 from longseq.lab.presets import FT_FACTOR, LabSize
-from longseq.models.loading import DEFAULT_MODEL, load_tokenizer
+from longseq.lab.tokenizer import EOS, build_tokenizer
+
+RETRIEVAL = ("passkey", "lines")  # the eval tasks the model must learn
+CURRICULUM = (*RETRIEVAL, "repeat", "repeat")  # document kinds of the curriculum rows, drawn uniformly
+# The answer as the training documents write it after the task's answer prefix: lines repeats the record's
+# "<value>" form, so the copy the model must learn is of the same tokens it saw in the record.
+ANSWER_FORMAT = {"passkey": " {}.", "lines": " <{}>."}
 
 
 def docstring_prose(max_chars: int) -> list[str]:
@@ -45,58 +57,152 @@ def docstring_prose(max_chars: int) -> list[str]:
     return docs
 
 
-def _chunks(text: str, size: int) -> list[str]:
-    """``text`` cut into ``size``-character pieces; a last piece under a quarter of ``size`` is dropped."""
-    return [text[i:i + size] for i in range(0, len(text), size) if len(text[i:i + size]) > size // 4]
+def retrieval_doc(task: str, rng: random.Random, units: int) -> str:
+    """One curriculum document: a passkey or lines prompt with its answer (``units`` filler characters or
+    lines), or a ``repeat`` document (``units`` random words, then the same words again)."""
+    if task == "repeat":
+        return repeat_doc(rng, units)
+    p = EVAL_TASKS[task].generate(rng, units, {})
+    return f"{p.body}{p.sep}{p.answer_prefix}{ANSWER_FORMAT[task].format(p.expected)}"
 
 
-def synthetic_docs(n: int, max_tokens: int, seed: int) -> list[str]:
-    """Passkey and LongEval-lines documents (prompt + answer) of at most ~``max_tokens`` tokens.
+def repeat_doc(rng: random.Random, items: int) -> str:
+    """``items`` random words (the lines task's adjectives and nouns), then the same words three more times.
 
-    Built with the eval task generators, so the model learns the very formats ``longseq eval`` asks.
+    Every word of the later copies is predictable only by looking back at the first (the repeated random
+    sequences of Olsson et al. 2022): a dense training signal for the in-context copying (induction heads) that
+    passkey and lines retrieval rely on, and the material of the lab's copy test (:mod:`longseq.lab.probe`).
     """
-    rng = random.Random(seed)
-    docs = []
-    for i in range(n):
-        if i % 2 == 0:  # passkey: ~80 tokens of fixed text, filler at ~4.5 characters per token
-            task, size = EVAL_TASKS["passkey"], rng.randint(20, max(int((max_tokens - 80) * 4), 21))
-        else:  # lines: ~180 tokens of fixed text, ~16 tokens per line
-            task, size = EVAL_TASKS["lines"], rng.randint(1, max((max_tokens - 180) // 16, 1))
-        p = task.generate(rng, size, {})
-        docs.append(f"{p.body}{p.sep}{p.answer_prefix} {p.expected}.")
-    return docs
+    vocab = [*words()["adjectives"], *words()["nouns"]]
+    listing = " ".join(rng.choice(vocab) for _ in range(max(items, 1)))
+    return f"Here is a list: {listing}.\nThe list again: {listing}.\nAnd again: {listing}.\nOnce more: {listing}."
+
+
+class RowBuilder:
+    """Training rows of exactly ``n`` tokens (before the EOS packing adds): prose, or prose + a retrieval doc.
+
+    Prose is read from one token stream, cycled; retrieval sizes are uniform in tokens from a few dozen up
+    to the whole row (the curriculum covers every length up to the training length).
+    """
+
+    def __init__(self, tok: Any, prose: list[str], seed: int) -> None:
+        self.tok, self.rng = tok, random.Random(seed)
+        self.stream = self._ids("\n\n".join(prose))
+        self.pos = 0
+        # tokens per unit of each task's size knob, from two probes (linear in the units)
+        self.rate: dict[str, tuple[float, float]] = {}
+        for task, (a, b) in (("passkey", (100, 4000)), ("lines", (1, 40)), ("repeat", (5, 60))):
+            ta, tb = (len(self._ids(retrieval_doc(task, random.Random(0), u))) for u in (a, b))
+            self.rate[task] = (ta - a * (tb - ta) / (b - a), (tb - ta) / (b - a))
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _prose(self, k: int) -> list[int]:
+        """The next ``k`` tokens of the prose stream (wrapping around)."""
+        out: list[int] = []
+        while len(out) < k:
+            take = self.stream[self.pos:self.pos + k - len(out)]
+            out += take
+            self.pos = (self.pos + len(take)) % len(self.stream)
+        return out
+
+    def _doc(self, task: str, budget: int) -> tuple[str, int]:
+        """A ``task`` document of at most ``budget`` tokens, its size log-uniform from the smallest up; returns
+        (text, tokens), or ("", 0) when even the smallest one does not fit."""
+        fixed, per_unit = self.rate[task]
+        low = int(fixed) + 8
+        if budget < low:
+            return "", 0
+        target = math.exp(self.rng.uniform(math.log(low), math.log(budget)))
+        units = max(1, int((target - fixed) / per_unit))
+        while True:
+            doc = retrieval_doc(task, self.rng, units)
+            n = len(self._ids(doc))
+            if n <= budget:
+                return doc, n
+            if units == 1:
+                return "", 0
+            units = max(1, int(units * 0.9))
+
+    def row(self, n: int, retrieval: bool) -> str:
+        """A row of ``n`` tokens: prose, or prose followed by retrieval documents (random tasks and sizes, added
+        while they fit) that end the row. Short documents are the most frequent, so a row teaches the
+        copy several times; the longest fill the whole row."""
+        docs, used = [], 0
+        while retrieval:
+            doc, k = self._doc(self.rng.choice(CURRICULUM), n - used - 2 * (len(docs) + 1))
+            if not doc:
+                break
+            docs.append(doc)
+            used += k + 2
+        tail = EOS.join(docs)  # the model learns to stop after an answer, as the eval's generation needs
+        k = n - used
+        start = self.pos
+        text = ""
+        for _ in range(4):  # decode/encode at the seam can merge or split a token: adjust k to hit n exactly
+            self.pos = start
+            prose = self.tok.decode(self._prose(k)) if k > 0 else ""
+            text = f"{prose}\n\n{tail}" if tail and prose else (tail or prose)
+            err = len(self._ids(text)) - n
+            if err == 0:
+                break
+            k -= err
+        return text
+
+    def rows(self, count: int, n: int, share: float) -> Iterator[str]:
+        """``count`` rows of ``n`` tokens, a ``share`` of them ending with retrieval documents."""
+        for _ in range(count):
+            yield self.row(n, self.rng.random() < share)
+
+
+def _prose(size: LabSize) -> tuple[list[str], str]:
+    """(training prose documents, held-out text): the shipped text's last quarter is never trained on."""
+    shipped = haystack_text()
+    cut = int(len(shipped) * 0.75)
+    return [shipped[:cut], *docstring_prose(size.prose_chars)], shipped[cut:]
 
 
 def build_data(out: Path, size: LabSize, seed: int) -> dict[str, str]:
-    """Write ``data/pretrain.jsonl``, ``data/finetune.jsonl`` and the held-out ``data/heldout.txt``."""
+    """Write the tokenizer, ``data/pretrain.jsonl`` (L), ``data/finetune.jsonl`` (4L) and ``data/heldout.txt``.
+
+    Cached: a finished ``data/`` (``done.json``) is reused. The tokenizer is trained on the prose and a
+    sample of retrieval documents of every size, then every row is measured with it.
+    """
     data = out / "data"
     paths = {k: str(data / f) for k, f in (("pretrain", "pretrain.jsonl"), ("finetune", "finetune.jsonl"),
                                            ("heldout", "heldout.txt"))}
-    if (data / "done.json").is_file():
+    paths["tokenizer"] = str(out / "tokenizer")
+    if (data / "done.json").is_file() and (out / "tokenizer" / "tokenizer.json").is_file():
         return paths
-    shipped = haystack_text()
-    cut = int(len(shipped) * 0.75)  # the tail is never trained on: perplexity is measured there
-    prose = _chunks(shipped[:cut], 1500) + [c for d in docstring_prose(size.prose_chars) for c in _chunks(d, 1500)]
+    prose, heldout = _prose(size)
     rng = random.Random(seed)
+    sample = [retrieval_doc(t, rng, {"passkey": rng.randint(100, 4000), "lines": rng.randint(1, 40),
+                                     "repeat": rng.randint(5, 60)}[t]) for t in CURRICULUM for _ in range(100)]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(build_tokenizer(out / "tokenizer", prose + sample, size.vocab))
+    builder = RowBuilder(tok, prose, seed)
     with atomic_dir(data, overwrite=True) as tmp:
-        for name, max_tokens in (("pretrain", size.native), ("finetune", size.native * FT_FACTOR)):
-            docs = prose + synthetic_docs(size.synthetic_docs, max_tokens, seed + max_tokens)
-            rng.shuffle(docs)
-            (tmp / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-        (tmp / "heldout.txt").write_text(shipped[cut:])
-        (tmp / "done.json").write_text(json.dumps({"prose_docs": len(prose), "synthetic": size.synthetic_docs}))
+        for name, n, count in (("pretrain", size.native, size.pretrain_steps * size.pretrain_batch),
+                               ("finetune", size.native * FT_FACTOR, size.finetune_steps * size.finetune_batch)):
+            with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+                for text in builder.rows(count, n - 1, size.retrieval_share):
+                    fh.write(json.dumps({"text": text}) + "\n")
+        (tmp / "heldout.txt").write_text(heldout, encoding="utf-8")
+        (tmp / "done.json").write_text(json.dumps({"prose_chars": sum(map(len, prose)), "vocab": len(tok)}))
     return paths
 
 
-def build_init(out: Path, size: LabSize, seed: int) -> str:
-    """A random Llama at the native context with the embedded model's tokenizer, saved to ``init/``."""
+def build_init(out: Path, size: LabSize, seed: int, tokenizer: str) -> str:
+    """A random Llama at the native context with the lab tokenizer, saved to ``init/``."""
     target = out / "init"
     if (target / "config.json").is_file():
         return str(target)
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = load_tokenizer(DEFAULT_MODEL)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
@@ -109,3 +215,17 @@ def build_init(out: Path, size: LabSize, seed: int) -> str:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return str(target)
+
+
+def embedding_share(model_dir: str) -> dict[str, int | float]:
+    """Parameters of the (tied) token embedding vs the whole model, read from its config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    import torch
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    return {"parameters": total, "embedding": embed, "share": embed / total}

@@ -15,8 +15,9 @@ class LabSize:
     heads: int
     kv_heads: int
     intermediate: int
-    prose_chars: int  # docstring prose added to the shipped text
-    synthetic_docs: int  # passkey + lines documents per corpus
+    vocab: int  # lab tokenizer size (byte-level BPE trained on the lab corpus)
+    prose_chars: int  # at most this much standard-library docstring prose
+    retrieval_share: float  # share of training rows that end with a passkey or lines document
     pretrain_steps: int
     pretrain_batch: int
     pretrain_lr: float
@@ -24,23 +25,26 @@ class LabSize:
     finetune_batch: int
     finetune_lr: float  # full fine-tuning
     lora_lr: float  # LoRA / LongLoRA (adapters need a larger step than full weights)
+    seeds: int  # fine-tuning seeds per arm
     eval_samples: int
+    lengthgen_steps: int  # the randomized-positions benchmark run (Even Pairs, RoPE vs randomized RoPE)
+    lengthgen_seeds: int
 
 
 SIZES: dict[str, LabSize] = {
-    "default": LabSize(native=256, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384,
-                       prose_chars=3_000_000, synthetic_docs=3000, pretrain_steps=1200, pretrain_batch=8,
-                       pretrain_lr=1.5e-3, finetune_steps=60, finetune_batch=2, finetune_lr=3e-4, lora_lr=1.5e-3,
-                       eval_samples=6),
-    "quick": LabSize(native=256, hidden=96, layers=3, heads=4, kv_heads=2, intermediate=256,
-                     prose_chars=1_000_000, synthetic_docs=1500, pretrain_steps=400, pretrain_batch=8,
-                     pretrain_lr=2e-3, finetune_steps=25, finetune_batch=2, finetune_lr=3e-4, lora_lr=1.5e-3,
-                     eval_samples=4),
+    "default": LabSize(native=512, hidden=384, layers=5, heads=6, kv_heads=2, intermediate=1024, vocab=2048,
+                       prose_chars=2_000_000, retrieval_share=0.8, pretrain_steps=1000, pretrain_batch=4,
+                       pretrain_lr=2e-3, finetune_steps=20, finetune_batch=2, finetune_lr=3e-4, lora_lr=1.5e-3,
+                       seeds=2, eval_samples=10, lengthgen_steps=1500, lengthgen_seeds=2),
+    "quick": LabSize(native=512, hidden=384, layers=5, heads=6, kv_heads=2, intermediate=1024, vocab=2048,
+                     prose_chars=2_000_000, retrieval_share=0.8, pretrain_steps=300, pretrain_batch=4,
+                     pretrain_lr=2e-3, finetune_steps=6, finetune_batch=2, finetune_lr=3e-4, lora_lr=1.5e-3,
+                     seeds=1, eval_samples=4, lengthgen_steps=300, lengthgen_seeds=1),
     # For the test suite: every stage runs, nothing is expected to be learned.
-    "test": LabSize(native=256, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64,
-                    prose_chars=50_000, synthetic_docs=40, pretrain_steps=3, pretrain_batch=2,
+    "test": LabSize(native=256, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=600,
+                    prose_chars=50_000, retrieval_share=0.5, pretrain_steps=3, pretrain_batch=2,
                     pretrain_lr=1e-3, finetune_steps=2, finetune_batch=1, finetune_lr=1e-3, lora_lr=1e-3,
-                    eval_samples=1),
+                    seeds=1, eval_samples=1, lengthgen_steps=20, lengthgen_seeds=1),
 }
 
 FACTORS = (4, 8)  # extension targets, as multiples of L

@@ -4,15 +4,17 @@ The papers behind longseq make their claims on 7B models and GPU clusters. The l
 claims on a few-million-parameter Llama in minutes, through the same code paths a real run uses
 (``longseq train`` as a subprocess, ``longseq eval`` in process):
 
-  data      pre-training corpus = shipped prose + Python's own docstrings + synthetic retrieval documents
-            (passkey and LongEval lines, built by the eval task generators); the shipped prose's tail is
-            held out for perplexity (:mod:`longseq.lab.data`)
-  init      a tiny random Llama that uses the embedded model's tokenizer
-  pretrain  full training from scratch at the native context L, with plain and with randomized positions
-  finetune  from the plain model at 4L with one token budget: direct (extrapolation), PI, ABF (full
-            fine-tuning), LongLoRA and LoRA (PI), timing and peak memory of each (:mod:`longseq.lab.stages`)
-  eval      perplexity and passkey at 1L..8L, lines at 2L..8L: zero-shot none/pi/ntk/yarn (targets 4L and 8L),
-            the randomized model, every fine-tuned model
+  data      a byte-level BPE of a few thousand tokens trained on the lab corpus (prose: the shipped text and
+            Python's own docstrings); training rows of exactly one sequence, half of them ending with a
+            passkey or LongEval-lines document (the retrieval curriculum); the shipped text's tail is held
+            out for perplexity (:mod:`longseq.lab.data`)
+  init      a random Llama whose tied embedding is under a tenth of its weights
+  pretrain  full training from scratch at the native context L
+  finetune  from the pre-trained model at 4L with one token budget, for each of ``seeds`` seeds: direct
+            (extrapolation), PI, ABF (full fine-tuning), LongLoRA and LoRA (PI), timing and peak memory of
+            each (:mod:`longseq.lab.stages`); and ``longseq lengthgen`` (RoPE vs randomized RoPE, Even Pairs)
+  eval      perplexity at 1L..8L everywhere; passkey and lines at 1L..8L zero-shot with none/pi/ntk/yarn
+            (targets 4L and 8L) and at 4L for every fine-tuned model
   report    summary.json, report.md (one table per finding, the paper's claim beside the measured
             numbers, a verdict computed from them by :data:`longseq.lab.findings.FINDINGS`), plots
             (:mod:`longseq.lab.report`)
@@ -34,7 +36,10 @@ from typing import Any, Iterator
 from longseq.core.errors import UserError, unknown_choice
 from longseq.core.fsutil import atomic_write_text, output_errors
 from longseq.core.rundir import claim_kind, claim_run_folder, lock_run_folder
+from longseq.eval.run import open_samples
+from longseq.lab.data import embedding_share
 from longseq.lab.presets import SIZES
+from longseq.lab.probe import copy_test
 from longseq.lab.report import report_markdown, summarize, write_plots
 from longseq.lab.stages import log, run_stages
 
@@ -54,11 +59,14 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
             _claim(out, {"size": size_name, "settings": asdict(size), "seed": seed})
             started = time.time()
             try:
-                lengths, costs, evals = run_stages(out, size, seed, lock_fd)
+                lengths, costs, evals, lengthgen = run_stages(out, size, seed, lock_fd)
             finally:  # wall time over every invocation, so a resumed lab reports what the whole run cost
                 seconds = _add_elapsed(out, time.time() - started)
             log("[5/5] report")
-            summary = summarize(size_name, size, seed, lengths, costs, evals, seconds)
+            base = {**embedding_share(str(out / "init")),
+                    "copy_test": copy_test(str(out / "pretrain" / "model"), seed)}
+            summary = summarize(size_name, size, seed, lengths, costs, evals, lengthgen, base,
+                                lines_chance(out, size.native), seconds)
             atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
             plots = write_plots(summary, out)
             atomic_write_text(out / "report.md", report_markdown(summary, plots))
@@ -106,3 +114,12 @@ def _add_elapsed(out: Path, seconds: float) -> float:
     total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
     atomic_write_text(path, json.dumps({"seconds": round(total, 1)}))
     return total
+
+
+def lines_chance(out: Path, native: int) -> float | None:
+    """Chance level of LongEval lines at L: the mean of 1 / (lines in the record) over the base model's samples
+    (a model that answers with one of the record's values, picked blindly)."""
+    lines = [r.get("meta", {}).get("num_lines") for r in open_samples(out / "eval" / "zero-shot-8x").values()
+             if r["task"] == "lines" and r["method"] == "none" and int(r["length"]) == native]
+    lines = [n for n in lines if n]
+    return sum(1 / n for n in lines) / len(lines) if lines else None

@@ -1,6 +1,8 @@
-"""Stages 1-4 of the lab: data, pre-training, fine-tuning and evaluation, each cached under ``--out``.
+"""Stages 1-4 of the lab: data, pre-training, fine-tuning (with ``longseq lengthgen``) and evaluation, each
+cached under ``--out``.
 
-Training runs ``longseq train`` as a subprocess (exactly what a user runs, with its own peak memory);
+Training runs ``longseq train`` (and ``longseq lengthgen``) as a subprocess (exactly what a user runs, with its
+own peak memory);
 evaluation runs :func:`longseq.eval.run.run_eval` in process and resumes a partial run. A training arm's
 cost is a measurement of one whole run: an arm the lab did not finish is rerun from scratch, and its
 child dies with the lab (own process group, killed on exit; ``PR_SET_PDEATHSIG`` on Linux when the lab
@@ -167,15 +169,18 @@ def finetune_recipe(size: LabSize, seed: int, model: str, data: str, method: str
 
 
 def run_evaluation(out: Path, name: str, model: str, cells: list[tuple[str, int]], target: int | None,
-                   size: LabSize, heldout: str, seed: int) -> dict[str, Any]:
-    """``longseq eval`` (in process, resumable) on one model; returns its summary with perplexities."""
-    # LongEval lines needs ~170 tokens of fixed text plus 100 to generate (LongChat's budget): more than 1L = 256,
-    # so it runs from 2L on and the retrieval score at 1L is passkey's alone.
-    lines_lengths = tuple(sorted({n for _, n in cells if n > size.native}))
+                   size: LabSize, heldout: str, seed: int,
+                   retrieval_lengths: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """``longseq eval`` (in process, resumable) on one model; returns its summary with perplexities.
+
+    Perplexity runs at every cell; passkey and lines at ``retrieval_lengths`` (default: every length).
+    """
+    lengths = tuple(sorted({n for _, n in cells}))
+    keep = lengths if retrieval_lengths is None else tuple(n for n in lengths if n in retrieval_lengths)
     cfg = EvalConfig(model=model, out=str(out / "eval" / name), tasks=list(LAB_TASKS), cells=cells,
                      samples=size.eval_samples, seed=seed, prompt_format="raw", target_length=target,
-                     ppl_text=heldout, task_lengths={"lines": lines_lengths})
-    log(f"eval {name}: {len(cells)} (method, length) cells x {len(LAB_TASKS)} tasks")
+                     ppl_text=heldout, task_lengths={t: keep for t in LAB_TASKS if t != "ppl"})
+    log(f"eval {name}: {len(cells)} (method, length) cells")
     summary = run_eval(cfg, progress=True, quiet=True)
     summary["perplexity"] = perplexities(Path(cfg.out) / "samples.jsonl")
     return summary
@@ -200,52 +205,95 @@ def perplexities(samples: Path) -> Curve:
     return _by_cell(acc, lambda a: math.exp(a[0] / max(a[1], 1.0)))
 
 
-def retrieval(summary: dict[str, Any]) -> Curve:
-    """Mean of passkey and lines scores per (method, length)."""
-    acc: dict[tuple[str, int], list[float]] = {}
+def task_scores(summary: dict[str, Any], tasks: Sequence[str]) -> Curve:
+    """Mean score of ``tasks`` (e.g. passkey, or passkey and lines) per (method, length) where all ran."""
+    acc: dict[tuple[str, int], dict[str, float]] = {}
     for r in summary["results"]:
-        if r["task"] in ("passkey", "lines"):
-            acc.setdefault((r["method"], int(r["length"])), []).append(float(r["score"]))
-    return _by_cell(acc, lambda scores: sum(scores) / len(scores))
+        if r["task"] in tasks:
+            acc.setdefault((r["method"], int(r["length"])), {})[r["task"]] = float(r["score"])
+    return _by_cell({k: v for k, v in acc.items() if len(v) == len(tasks)}, lambda d: sum(d.values()) / len(d))
+
+
+# ---------------------------------------------------------------------------------------- length generalization
+
+
+def run_lengthgen(out: Path, size: LabSize, seed: int, lock_fd: int | None = None) -> dict[str, Any]:
+    """The randomized-positions finding on its paper's own protocol: ``longseq lengthgen`` (a subprocess, as a
+    user runs it; it resumes finished runs) on Even Pairs with RoPE vs randomized RoPE, the lengthgen quick
+    preset at ``size.lengthgen_steps`` steps and ``size.lengthgen_seeds`` seeds. Returns its summary plus every
+    run's record."""
+    folder = out / "lengthgen"
+    cmd = [sys.executable, "-m", "longseq", "lengthgen", "--preset", "quick", "--pe", "rope,randomized_rope",
+           "--steps", str(size.lengthgen_steps), "--seeds", str(size.lengthgen_seeds), "--out", str(folder),
+           "--no-progress"]
+    if _lengthgen_protocol(folder) != (size.lengthgen_steps, size.lengthgen_seeds):  # it resumes finished runs
+        log(f"lengthgen: {' '.join(cmd[1:])}")
+        with open(out / "lengthgen.log", "a", encoding="utf-8") as fh:
+            code, _ = run_child(cmd, fh, None, () if lock_fd is None else (lock_fd,))
+        if code != 0:
+            raise UserError(f"lab stage lengthgen failed (exit {code}; see {out / 'lengthgen.log'}); fix it and "
+                            "rerun the lab to resume")
+    summary = json.loads((folder / "summary.json").read_text())
+    return {"protocol": summary["protocol"], "results": summary["results"],
+            "runs": read_jsonl(folder / "runs.jsonl")}
+
+
+def _lengthgen_protocol(folder: Path) -> tuple[int, int] | None:
+    """(steps, seeds) of the finished lengthgen run in ``folder``, or None."""
+    try:
+        p = json.loads((folder / "summary.json").read_text())["protocol"]
+        return int(p["steps"]), int(p["seeds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def run_stages(out: Path, size: LabSize, seed: int,
-               lock_fd: int | None = None) -> tuple[list[int], dict[str, Any], dict[str, dict[str, Any]]]:
-    """Stages 1-4 (each cached under ``out``): lengths, training costs and eval summaries.
+def ft_run(name: str, seed: int) -> str:
+    """Folder and eval name of fine-tuning arm ``name`` with seed ``seed``."""
+    return f"{name}-s{seed}"
 
-    ``lock_fd``: the lab folder's lock, handed to every training child (:func:`run_training`)."""
+
+def run_stages(out: Path, size: LabSize, seed: int,
+               lock_fd: int | None = None) -> tuple[list[int], dict[str, Any], dict[str, dict[str, Any]],
+                                                    dict[str, Any]]:
+    """Stages 1-4 (each cached under ``out``): lengths, training costs, eval summaries, the lengthgen run.
+
+    Fine-tuning arms run with seeds ``seed .. seed + size.seeds - 1`` (data order and adapter init differ).
+    ``lock_fd``: the lab folder's lock, handed to every child process (:func:`run_training`)."""
     L = size.native
     lengths = [L, 2 * L, 4 * L, 8 * L]
 
-    log(f"[1/5] data and initial model (L = {L})")
+    log(f"[1/5] tokenizer, data and initial model (L = {L})")
     data = build_data(out, size, seed)
-    init = build_init(out, size, seed)
+    init = build_init(out, size, seed, data["tokenizer"])
 
-    log("[2/5] pre-training at L, plain and randomized positions")
+    log("[2/5] pre-training at L; the randomized-positions benchmark (longseq lengthgen)")
     pre = {**base_recipe(size, seed), "model": init, "method": "full", "rope": "none", "data": data["pretrain"],
-           "seq_len": L, "steps": size.pretrain_steps, "lr": size.pretrain_lr}
-    costs = {"pretrain-std": run_training(out, "pretrain-std", pre, lock_fd=lock_fd),
-             "pretrain-rand": run_training(out, "pretrain-rand", {**pre, "randomized_positions": 8 * L},
-                                           lock_fd=lock_fd)}
-    std_model, rand_model = str(out / "pretrain-std" / "model"), str(out / "pretrain-rand" / "model")
+           "seq_len": L, "steps": size.pretrain_steps, "lr": size.pretrain_lr, "warmup_steps": 30, "save_every": 200}
+    costs = {"pretrain": run_training(out, "pretrain", pre, lock_fd=lock_fd)}
+    base = str(out / "pretrain" / "model")
 
-    log(f"[3/5] fine-tuning at {FT_FACTOR}L with one token budget")
-    for ft in FINETUNES:
-        recipe = finetune_recipe(size, seed, std_model, data["finetune"], ft.method, ft.rope)
-        costs[ft.name] = run_training(out, ft.name, recipe, True, lock_fd)  # their costs are compared
+    lengthgen = run_lengthgen(out, size, seed, lock_fd)
 
-    log("[4/5] evaluation: perplexity, passkey, lines at 1L..8L")
+    log(f"[3/5] fine-tuning at {FT_FACTOR}L with one token budget, {size.seeds} seed(s) per arm")
+    seeds = range(seed, seed + size.seeds)
+    for s in seeds:
+        for ft in FINETUNES:
+            recipe = finetune_recipe(size, s, base, data["finetune"], ft.method, ft.rope)
+            costs[ft_run(ft.name, s)] = run_training(out, ft_run(ft.name, s), recipe, True, lock_fd)
+
+    log("[4/5] evaluation: perplexity at 1L..8L, passkey and lines")
     evals: dict[str, dict[str, Any]] = {}
     for f in FACTORS:
-        cells = [(m, n) for m in ZERO_SHOT for n in lengths if n <= f * L]
-        evals[f"zero-shot-{f}x"] = run_evaluation(out, f"zero-shot-{f}x", std_model, cells, f * L, size,
+        methods = ZERO_SHOT if f == max(FACTORS) else tuple(m for m in ZERO_SHOT if m != "none")
+        cells = [(m, n) for m in methods for n in lengths if n <= f * L]
+        evals[f"zero-shot-{f}x"] = run_evaluation(out, f"zero-shot-{f}x", base, cells, f * L, size,
                                                   data["heldout"], seed)
-    evals["randomized"] = run_evaluation(out, "randomized", rand_model, [("none", n) for n in lengths], None, size,
-                                         data["heldout"], seed)
-    for ft in FINETUNES:
-        evals[ft.name] = run_evaluation(out, ft.name, str(out / ft.name / "model"), [("none", n) for n in lengths],
-                                        None, size, data["heldout"], seed)
-    return lengths, costs, evals
+    for s in seeds:
+        for ft in FINETUNES:
+            name = ft_run(ft.name, s)
+            evals[name] = run_evaluation(out, name, str(out / name / "model"), [("none", n) for n in lengths],
+                                         None, size, data["heldout"], seed, (FT_FACTOR * L,))
+    return lengths, costs, evals, lengthgen

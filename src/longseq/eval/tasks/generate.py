@@ -87,7 +87,8 @@ class GenerationTask(EvalTask):
         gen = engine.answer(sized.prompt.body, sized.text, ctx.fmt, self.max_new_tokens, stop=self.stop)
         return {"prompt_tokens": sized.tokens, "depth": sized.prompt.depth, "expected": sized.prompt.expected,
                 "output": gen.text, "score": float(self.score(gen.text, sized.prompt.expected)),
-                "new_tokens": gen.new_tokens, "seconds": round(gen.seconds, 3)}
+                "new_tokens": gen.new_tokens, "seconds": round(gen.seconds, 3),
+                **({"meta": sized.prompt.meta} if sized.prompt.meta else {})}
 
 
 def register(name: str, score: Callable[[str, Any], float], max_new_tokens: int, units_per_token: float,
