@@ -398,3 +398,21 @@ def test_copy_test_reads_the_copies_of_the_list(lab_tokenizer, tiny_llama_dir):
     result = copy_test(str(tiny_llama_dir), docs=2, items=10)
     assert result["first"] > 1.0 and abs(result["gain"]) < 0.5
     assert result["gain"] == pytest.approx(result["first"] - result["repeats"], abs=1e-3)
+
+
+def test_report_states_the_base_model_and_when_nothing_was_retrieved():
+    from longseq.lab.report import report_markdown
+
+    s = fake_summary()
+    s.update(size="test", seed=0, seconds=60.0, findings=[], lines_chance=0.1,
+             model={"parameters": 1000, "embedding": 90, "share": 0.09,
+                    "copy_test": {"first": 5.5, "repeats": 5.4, "gain": 0.1}},
+             settings={"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1, "vocab": 600, "pretrain_steps": 3,
+                       "pretrain_batch": 2, "finetune_steps": 2, "finetune_batch": 1, "retrieval_share": 0.8})
+    put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.0)
+    put(s, "zero-shot-8x", "lines", "none", NATIVE, 0.0)
+    report = report_markdown(s, [])
+    assert "passkey 0.00, LongEval lines 0.00 (chance, guessing one of the record's lines: 0.10)" in report
+    assert "embedding 90 (9.0%)" in report and "gain 0.10" in report and "No model retrieved" in report
+    put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.9)
+    assert "No model retrieved" not in report_markdown(s, []) and "passkey 0.90" in report_markdown(s, [])

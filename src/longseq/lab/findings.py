@@ -150,6 +150,11 @@ def judge_pi(s: dict[str, Any]) -> Judgement:
     if all(v is not None for _, v, p in zs):
         notes.append(f"before fine-tuning, at {L4}: " + "; ".join(
             f"{m}: passkey {v:.2f}, perplexity {p:.2f}" for m, v, p in zs if v is not None and p is not None))
+    L, L8 = s["native"], s["lengths"][-1]
+    at_l, at_8 = ppl_at(s, "zero-shot-8x", "none", L), ppl_at(s, "zero-shot-8x", "none", L8)
+    if at_l and at_8:  # what interpolation is meant to repair: the unextended model's loss beyond L
+        notes.append(f"the base model without any extension: perplexity {at_l:.2f} at L = {L} and {at_8:.2f} at "
+                     f"{L8} ({at_8 / at_l - 1:+.0%}); extrapolation fails only where this rises")
     return ok, "; ".join(parts) + "; the rule: better on one, worse on neither", \
         _arm_rows(s, ("ft-direct", "ft-pi")), notes
 

@@ -41,7 +41,7 @@ SIZES: dict[str, LabSize] = {
                      pretrain_lr=2e-3, finetune_steps=6, finetune_batch=2, finetune_lr=3e-4, lora_lr=1.5e-3,
                      seeds=1, eval_samples=4, lengthgen_steps=300, lengthgen_seeds=1),
     # For the test suite: every stage runs, nothing is expected to be learned.
-    "test": LabSize(native=256, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=600,
+    "test": LabSize(native=512, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=600,
                     prose_chars=50_000, retrieval_share=0.5, pretrain_steps=3, pretrain_batch=2,
                     pretrain_lr=1e-3, finetune_steps=2, finetune_batch=1, finetune_lr=1e-3, lora_lr=1e-3,
                     seeds=1, eval_samples=1, lengthgen_steps=20, lengthgen_seeds=1),

@@ -56,6 +56,11 @@ def _base_model_lines(s: dict[str, Any]) -> list[str]:
            f"the tied token embedding {m['embedding']:,} ({m['share']:.1%})."]
     if m.get("copy_test"):
         out[0] += f" The {describe(m['copy_test'])}."
+    scores = [v for e in s["evals"].values() for t in ("passkey", "lines")
+              for curve in e.get(t, {}).values() for v in curve.values()]
+    if scores and max(scores) == 0:
+        out[0] += (f" No model retrieved a passkey or a line at any length ({len(scores)} cells, all 0), so every "
+                   "retrieval comparison below is a tie and the verdicts rest on the other metrics.")
     return out + [""]
 
 def _finding_section(f: dict[str, Any]) -> list[str]:
@@ -84,8 +89,8 @@ def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
         f"Model: Llama, {st['layers']} layers, width {st['hidden']}, {st['heads']} heads ({st['kv_heads']} KV), "
         f"a {st['vocab']}-token byte-level BPE trained on the lab corpus; pre-trained from scratch at L = "
         f"{s['native']} tokens for {st['pretrain_steps']} steps x {st['pretrain_batch']} sequences, "
-        f"{st['retrieval_share']:.0%} of them ending with a passkey or lines document. Fine-tuning at {FT_FACTOR}L "
-        f"= {FT_FACTOR * s['native']} tokens, {st['finetune_steps']} steps x {st['finetune_batch']} sequences for "
+        f"{st['retrieval_share']:.0%} of them ending with passkey, lines and repeated-list documents. Fine-tuning "
+        f"at {FT_FACTOR}L = {FT_FACTOR * s['native']} tokens, {st['finetune_steps']} steps x {st['finetune_batch']} sequences for "
         f"every arm (same token budget), seeds {seeds}. Size preset `{s['size']}`, total {s['seconds'] / 60:.1f} min.",
         "",
         *_base_model_lines(s),
