@@ -1,11 +1,12 @@
 """Stage 1 of the lab: the tokenizer, the training rows, the held-out text and the initial random model.
 
 Prose is the shipped haystack text (its tail held out for perplexity) plus the docstrings of Python's own
-standard library. The pre-training mixture is a retrieval curriculum: a share of the rows end with a passkey
-or LongEval-lines documents (built by the eval task generators, so the model learns the very formats
-``longseq eval`` asks) of random sizes up to the row length, preceded by prose; the other rows are prose.
-Every row is exactly one training sequence (``seq_len - 1`` tokens, then the EOS that ``longseq train`` puts
-between documents), so no retrieval document is cut in two by packing.
+standard library. The pre-training mixture is a retrieval curriculum: a share of the rows end with curriculum
+documents, each followed by EOS: passkey and LongEval-lines prompts with their answers (built by the eval task
+generators, so the model learns the very formats ``longseq eval`` asks) and repeated random-word lists, of
+random sizes up to the row length, preceded by prose; the other rows are prose. Every row is exactly one
+training sequence (``seq_len - 1`` tokens, then the EOS that ``longseq train`` puts between documents), so no
+document is cut in two by packing.
 """
 
 from __future__ import annotations
@@ -79,10 +80,10 @@ def repeat_doc(rng: random.Random, items: int) -> str:
 
 
 class RowBuilder:
-    """Training rows of exactly ``n`` tokens (before the EOS packing adds): prose, or prose + a retrieval doc.
+    """Training rows of exactly ``n`` tokens (before the EOS packing adds): prose, or prose + curriculum docs.
 
-    Prose is read from one token stream, cycled; retrieval sizes are uniform in tokens from a few dozen up
-    to the whole row (the curriculum covers every length up to the training length).
+    Prose is read from one token stream, cycled; document sizes are log-uniform in tokens from the smallest
+    one up to what is left of the row (the curriculum covers every length up to the training length).
     """
 
     def __init__(self, tok: Any, prose: list[str], seed: int) -> None:
