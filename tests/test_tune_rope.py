@@ -57,14 +57,19 @@ def test_longrope_with_seed_factors_reproduces_the_seed_method(tiny_llama_config
     torch.testing.assert_close(sin, sin_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_longrope_uses_plain_rope_up_to_the_native_length(tiny_llama_config: Any) -> None:
+def test_longrope_uses_one_table_at_every_length(tiny_llama_config: Any) -> None:
+    """Below the native length the written checkpoint rotates exactly as beyond it: a generation that crosses
+    the native length never mixes two tables in its KV cache."""
     import torch
 
     config = tiny_llama_config()
-    cand = seed_candidate(config, "pi", TARGET)
-    cos, _ = _rotary(longrope_config(config, cand, TARGET), 256)
-    cos_ref, _ = _rotary(config, 256)
-    torch.testing.assert_close(cos, cos_ref)
+    cand = seed_candidate(config, "yarn", TARGET)
+    extended = longrope_config(config, cand, TARGET)
+    short, _ = _rotary(extended, 200)  # transformers picks the short table here
+    long, _ = _rotary(extended, TARGET)  # and the long one here
+    torch.testing.assert_close(short, long[:, :200])
+    plain, _ = _rotary(config, 200)
+    assert not torch.allclose(short, plain)  # the found factors apply, not plain RoPE
 
 
 def _search(tmp_path: Path, score: Any, budget: int, seed: int = 0, name: str = "s.jsonl") -> Search:
@@ -147,7 +152,7 @@ def test_tune_rope_resumes_after_a_kill_and_writes_a_plain_longrope_checkpoint(
     saved = json.loads((out / "model" / "config.json").read_text())
     rope = saved["rope_parameters"]
     assert rope["rope_type"] == "longrope" and rope["original_max_position_embeddings"] == 256
-    assert rope["short_factor"] == [1.0] * 8 and rope["long_factor"] == result["best"]["long_factor"]
+    assert rope["short_factor"] == rope["long_factor"] == result["best"]["long_factor"]
     assert saved["max_position_embeddings"] == TARGET
     plain = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).eval()
     model, _ = load_model(str(tiny_llama_dir), dtype="float32")

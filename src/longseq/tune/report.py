@@ -113,8 +113,8 @@ def write_report(out: Path, result: dict[str, Any], table: dict[str, dict[int, d
                        for L in lengths] for m, cells in table.items()]
         lines += ["## Comparison at 1x..target", "",
                   f"Perplexity on {text} / passkey accuracy (samples per cell: {cfg.report_samples}; "
-                  "`compare/menu` and `compare/tuned` are `longseq eval` runs). `tuned` uses plain RoPE up to "
-                  "the native length (longrope short factors) and the found factors beyond it.", "",
+                  "`compare/menu` and `compare/tuned` are `longseq eval` runs). `tuned` uses the found factors "
+                  "at every length (longrope short and long factors alike).", "",
                   md_table(["method"] + [fmt_len(L) for L in lengths], rows), "",
                   f"![comparison]({compare_plot(table, out)})", ""]
     lines += ["## Use", "", f"`DIR/model` is a plain transformers checkpoint (rope type `longrope`): "
