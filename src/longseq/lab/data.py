@@ -220,12 +220,11 @@ def build_init(out: Path, size: LabSize, seed: int, tokenizer: str) -> str:
 
 def embedding_share(model_dir: str) -> dict[str, int | float]:
     """Parameters of the (tied) token embedding vs the whole model, read from its config."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_dir)
-    import torch
-
-    with torch.device("meta"):
+    with torch.device("meta"):  # shapes only: no weights are allocated
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
     embed = model.get_input_embeddings().weight.numel()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from longseq.core.plots import length_axis, pyplot, save
 from longseq.core.tables import md_table
-from longseq.lab.findings import FINDINGS, Stat, arm, fmt, ppl_at, value
+from longseq.lab.findings import FINDINGS, arm, fmt, ppl_at, value
 from longseq.lab.presets import FINETUNES, FT_FACTOR, ZERO_SHOT, LabSize
 from longseq.lab.probe import describe
 from longseq.lab.stages import task_scores
@@ -112,17 +113,20 @@ def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
 
 
 def write_plots(s: dict[str, Any], out: Path) -> list[str]:
-    """Perplexity vs length: zero-shot methods at 8x, fine-tuned arms, plain vs randomized pre-training."""
+    """Perplexity vs length: zero-shot methods at 8x, and the fine-tuned arms (mean over seeds)."""
     plt = pyplot()
-    panels = [
-        ("zero-shot (target 8L)", [(m, "zero-shot-8x", m) for m in ZERO_SHOT]),
-        (f"fine-tuned at {FT_FACTOR}L (mean over seeds)", [(ft.name, ft.name, "arm") for ft in FINETUNES]),
+
+    def arm_mean(name: str) -> Callable[[int], float | None]:
+        return lambda n: (st.mean if (st := arm(s, name, "perplexity", n)) else None)
+
+    panels: list[tuple[str, list[tuple[str, Callable[[int], float | None]]]]] = [
+        ("zero-shot (target 8L)", [(m, partial(ppl_at, s, "zero-shot-8x", m)) for m in ZERO_SHOT]),
+        (f"fine-tuned at {FT_FACTOR}L (mean over seeds)", [(ft.name, arm_mean(ft.name)) for ft in FINETUNES]),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (title, series) in zip(axes[0], panels):
-        for label, run, method in series:
-            pts = [(n, _ppl(s, run, method, n)) for n in s["lengths"]]
-            pts = [(n, v) for n, v in pts if v is not None]
+        for label, ppl in series:
+            pts = [(n, v) for n in s["lengths"] if (v := ppl(n)) is not None]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.axvline(s["native"], color="grey", linestyle=":", linewidth=1)
@@ -131,11 +135,3 @@ def write_plots(s: dict[str, Any], out: Path) -> list[str]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     return [save(fig, out / "perplexity.png", dpi=110)]
-
-
-def _ppl(s: dict[str, Any], run: str, method: str, n: int) -> float | None:
-    """Perplexity of one eval run, or of a fine-tuning arm's seed mean (``method == "arm"``)."""
-    if method == "arm":
-        st: Stat | None = arm(s, run, "perplexity", n)
-        return None if st is None else st.mean
-    return ppl_at(s, run, method, n)
