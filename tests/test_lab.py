@@ -400,13 +400,41 @@ def test_copy_test_reads_the_copies_of_the_list(lab_tokenizer, tiny_llama_dir):
     assert result["gain"] == pytest.approx(result["first"] - result["repeats"], abs=1e-3)
 
 
+def test_digit_test_measures_how_alike_the_digit_embeddings_are(lab_tokenizer, tiny_llama_config, tmp_path):
+    import itertools
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from longseq.lab.probe import _mean_cosine, digit_similarity
+
+    tok, _ = lab_tokenizer
+    vectors = torch.randn(6, 16)
+    pairs = [float(torch.nn.functional.cosine_similarity(a, b, dim=0)) for a, b in itertools.permutations(vectors, 2)]
+    assert _mean_cosine(vectors) == pytest.approx(sum(pairs) / len(pairs), abs=1e-5)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(vocab_size=len(tok), hidden_size=128, tie_word_embeddings=True))
+    model.save_pretrained(tmp_path / "random")
+    tok.save_pretrained(tmp_path / "random")
+    assert abs(digit_similarity(str(tmp_path / "random"))["digits"]) < 0.2  # random vectors: nearly orthogonal
+    digits = [tok.convert_tokens_to_ids(str(d)) for d in range(10)]
+    with torch.no_grad():  # the collapse the test reports: every digit one vector, up to small noise
+        emb = model.get_input_embeddings().weight
+        emb[digits] = emb[digits[0]] + 0.1 * emb[digits[0]].std() * torch.randn(10, emb.shape[1])
+    model.save_pretrained(tmp_path / "collapsed")
+    tok.save_pretrained(tmp_path / "collapsed")
+    result = digit_similarity(str(tmp_path / "collapsed"))
+    assert result["digits"] > 0.99 and abs(result["all"]) < 0.1
+
+
 def test_report_states_the_base_model_and_when_nothing_was_retrieved():
     from longseq.lab.report import report_markdown
 
     s = fake_summary()
     s.update(size="test", seed=0, seconds=60.0, findings=[], lines_chance=0.1,
              model={"parameters": 1000, "embedding": 90, "share": 0.09,
-                    "copy_test": {"first": 5.5, "repeats": 5.4, "gain": 0.1}},
+                    "copy_test": {"first": 5.5, "repeats": 5.4, "gain": 0.1},
+                    "digit_embeddings": {"digits": 0.8, "all": 0.26}},
              settings={"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1, "vocab": 600, "pretrain_steps": 3,
                        "pretrain_batch": 2, "finetune_steps": 2, "finetune_batch": 1, "retrieval_share": 0.8})
     put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.0)
@@ -414,5 +442,6 @@ def test_report_states_the_base_model_and_when_nothing_was_retrieved():
     report = report_markdown(s, [])
     assert "passkey 0.00, LongEval lines 0.00 (chance, guessing one of the record's lines: 0.10)" in report
     assert "embedding 90 (9.0%)" in report and "gain 0.10" in report and "No model retrieved" in report
+    assert "mean pairwise cosine 0.80 (all tokens: 0.26" in report
     put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.9)
     assert "No model retrieved" not in report_markdown(s, []) and "passkey 0.90" in report_markdown(s, [])

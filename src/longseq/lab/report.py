@@ -11,7 +11,7 @@ from longseq.core.plots import length_axis, pyplot, save
 from longseq.core.tables import md_table
 from longseq.lab.findings import FINDINGS, arm, fmt, ppl_at, value
 from longseq.lab.presets import FINETUNES, FT_FACTOR, ZERO_SHOT, LabSize
-from longseq.lab.probe import describe
+from longseq.lab.probe import describe, describe_digits
 from longseq.lab.stages import task_scores
 
 
@@ -57,6 +57,8 @@ def _base_model_lines(s: dict[str, Any]) -> list[str]:
            f"the tied token embedding {m['embedding']:,} ({m['share']:.1%})."]
     if m.get("copy_test"):
         out[0] += f" The {describe(m['copy_test'])}."
+    if m.get("digit_embeddings"):
+        out[0] += f" In the pre-trained model {describe_digits(m['digit_embeddings'])}."
     scores = [v for e in s["evals"].values() for t in ("passkey", "lines")
               for curve in e.get(t, {}).values() for v in curve.values()]
     if scores and max(scores) == 0:

@@ -39,7 +39,7 @@ from longseq.core.rundir import claim_kind, claim_run_folder, lock_run_folder
 from longseq.eval.run import open_samples
 from longseq.lab.data import embedding_share
 from longseq.lab.presets import SIZES
-from longseq.lab.probe import copy_test
+from longseq.lab.probe import copy_test, digit_similarity
 from longseq.lab.report import report_markdown, summarize, write_plots
 from longseq.lab.stages import log, run_stages
 
@@ -63,8 +63,9 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
             finally:  # wall time over every invocation, so a resumed lab reports what the whole run cost
                 seconds = _add_elapsed(out, time.time() - started)
             log("[5/5] report")
-            base = {**embedding_share(str(out / "init")),
-                    "copy_test": copy_test(str(out / "pretrain" / "model"), seed)}
+            pretrained = str(out / "pretrain" / "model")
+            base = {**embedding_share(str(out / "init")), "copy_test": copy_test(pretrained, seed),
+                    "digit_embeddings": digit_similarity(pretrained)}
             summary = summarize(size_name, size, seed, lengths, costs, evals, lengthgen, base,
                                 lines_chance(out, size.native), seconds)
             atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
