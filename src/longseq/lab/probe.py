@@ -64,9 +64,9 @@ def digit_similarity(model_dir: str) -> dict[str, float]:
     """Mean pairwise cosine of the input embeddings of the ten digit tokens, and of all tokens.
 
     A passkey or line value is copied digit by digit (the lab tokenizer gives each digit its own token), so a
-    copying head must be able to tell the ten digits apart. Training data only ever shows digits in random
-    order, so the output layer gains nothing from telling them apart; with a tied embedding the input vectors
-    are those output vectors. When they coincide (cosine near 1), no attention head can return the right digit
+    copying head must be able to tell the ten digits apart. The lab's data shows digits mostly in random order
+    (passkeys, line values), so the output layer gains little from telling them apart; with a tied embedding the
+    input vectors are those output vectors. When they coincide (cosine near 1), no attention head can return the right digit
     even if it attends to it.
     """
     import torch
