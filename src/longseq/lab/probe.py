@@ -66,8 +66,8 @@ def digit_similarity(model_dir: str) -> dict[str, float]:
     A passkey or line value is copied digit by digit (the lab tokenizer gives each digit its own token), so a
     copying head must be able to tell the ten digits apart. The lab's data shows digits mostly in random order
     (passkeys, line values), so the output layer gains little from telling them apart; with a tied embedding the
-    input vectors are those output vectors. When they coincide (cosine near 1), no attention head can return the right digit
-    even if it attends to it.
+    input vectors are those output vectors. When they coincide (cosine near 1), no attention head can return the
+    right digit even if it attends to it.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -93,7 +93,8 @@ def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
         f"a {st['vocab']}-token byte-level BPE trained on the lab corpus; pre-trained from scratch at L = "
         f"{s['native']} tokens for {st['pretrain_steps']} steps x {st['pretrain_batch']} sequences, "
         f"{st['retrieval_share']:.0%} of them ending with passkey, lines and repeated-list documents. Fine-tuning "
-        f"at {FT_FACTOR}L = {FT_FACTOR * s['native']} tokens, {st['finetune_steps']} steps x {st['finetune_batch']} sequences for "
+        f"at {FT_FACTOR}L = {FT_FACTOR * s['native']} tokens, {st['finetune_steps']} steps x "
+        f"{st['finetune_batch']} sequences for "
         f"every arm (same token budget), seeds {seeds}. Size preset `{s['size']}`, total {s['seconds'] / 60:.1f} min.",
         "",
         *_base_model_lines(s),
