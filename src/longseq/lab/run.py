@@ -5,11 +5,13 @@ claims on a few-million-parameter Llama in minutes, through the same code paths 
 (``longseq train`` as a subprocess, ``longseq eval`` in process):
 
   data      a byte-level BPE of a few thousand tokens trained on the lab corpus (prose: the shipped text and
-            Python's own docstrings); training rows of exactly one sequence, half of them ending with a
-            passkey or LongEval-lines document (the retrieval curriculum); the shipped text's tail is held
-            out for perplexity (:mod:`longseq.lab.data`)
-  init      a random Llama whose tied embedding is under a tenth of its weights
-  pretrain  full training from scratch at the native context L
+            Python's own docstrings); training rows of exactly one sequence, most of them ending with
+            passkey, LongEval-lines and repeated-list documents (the retrieval curriculum); the shipped
+            text's tail is held out for perplexity (:mod:`longseq.lab.data`)
+  init      a random Llama whose (untied) embeddings are under a tenth of its weights
+  pretrain  full training from scratch: rows of repeated lists of words and numbers (``copy_len``), where
+            the model learns to copy from its context, digits included; short rows (``short_len``) that all
+            end with curriculum documents; then rows of the native context L
   finetune  from the pre-trained model at 4L with one token budget, for each of ``seeds`` seeds: direct
             (extrapolation), PI, ABF (full fine-tuning), LongLoRA and LoRA (PI), timing and peak memory of
             each (:mod:`longseq.lab.stages`); and ``longseq lengthgen`` (RoPE vs randomized RoPE, Even Pairs)

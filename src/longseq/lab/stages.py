@@ -269,11 +269,19 @@ def run_stages(out: Path, size: LabSize, seed: int,
     data = build_data(out, size, seed)
     init = build_init(out, size, seed, data["tokenizer"])
 
-    log("[2/5] pre-training at L; the randomized-positions benchmark (longseq lengthgen)")
-    pre = {**base_recipe(size, seed), "model": init, "method": "full", "rope": "none", "data": data["pretrain"],
-           "seq_len": L, "steps": size.pretrain_steps, "lr": size.pretrain_lr, "warmup_steps": 30, "save_every": 200}
-    costs = {"pretrain": run_training(out, "pretrain", pre, lock_fd=lock_fd)}
-    base = str(out / "pretrain" / "model")
+    log(f"[2/5] pre-training at {size.copy_len}, {size.short_len} and L tokens; the randomized-positions benchmark "
+        "(longseq lengthgen)")
+    costs = {}
+    model = init
+    for name, n, steps, batch in (("pretrain-copy", size.copy_len, size.copy_steps, size.copy_batch),
+                                  ("pretrain-short", size.short_len, size.short_steps, size.short_batch),
+                                  ("pretrain", L, size.pretrain_steps, size.pretrain_batch)):
+        recipe = {**base_recipe(size, seed), "model": model, "method": "full", "rope": "none",
+                  "data": data[name.replace("-", "_")], "seq_len": n, "steps": steps, "batch_size": batch,
+                  "lr": size.pretrain_lr, "warmup_steps": 30, "save_every": 200}
+        costs[name] = run_training(out, name, recipe, lock_fd=lock_fd)
+        model = str(out / name / "model")
+    base = model
 
     lengthgen = run_lengthgen(out, size, seed, lock_fd)
 
