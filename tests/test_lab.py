@@ -226,7 +226,8 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
         assert f["verdict"] == {True: "reproduced", False: "not reproduced", None: "inconclusive"}[ok]
     assert [f["verdict"] for f in summary["findings"] if f["key"] != "randomized"].count("inconclusive") == 0
     size = SIZES["test"]
-    runs = ["pretrain-copy", "pretrain-short", "pretrain", *(f"{ft.name}-s{k}" for ft in FINETUNES for k in range(size.seeds))]
+    runs = ["pretrain-copy", "pretrain-short", "pretrain", "pretrain-anneal",
+            *(f"{ft.name}-s{k}" for ft in FINETUNES for k in range(size.seeds))]
     for run in runs:
         assert (out / run / "model" / "config.json").is_file()
         assert summary["costs"][run]["peak_rss_mb"] > 0
@@ -244,6 +245,10 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     L4 = 4 * size.native
     assert summary["evals"]["ft-pi-s0"]["passkey"]["none"][str(L4)] is not None
     assert summary["evals"]["zero-shot-8x"]["lines"]["none"][str(size.native)] is not None
+    # and only there: zero-shot lines at L only, passkey at every length
+    assert {n for curve in summary["evals"]["zero-shot-8x"]["lines"].values() for n in curve} == {str(size.native)}
+    assert summary["evals"]["zero-shot-4x"]["lines"] == {}
+    assert sorted(summary["evals"]["zero-shot-8x"]["passkey"]["yarn"], key=int) == [str(n) for n in summary["lengths"]]
     assert summary["lines_chance"] is not None and 0 < summary["lines_chance"] <= 1
     assert (out / "perplexity.png").stat().st_size > 1000
     # a second run reuses every cached stage and reproduces the same numbers
@@ -352,7 +357,7 @@ def test_training_rows_have_exactly_the_row_length(lab_tokenizer):
     builder = RowBuilder(tok, docstring_prose(60_000), seed=0)
     rows = list(builder.rows(30, 255, 0.5))
     lengths = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in rows]
-    assert sum(n == 255 for n in lengths) >= 28 and max(lengths) <= 256
+    assert lengths == [255] * 30  # a row that packing would shift by a token is drawn again
     docs = [d for r in rows for d in r.split(tok.eos_token)]
     assert len(docs) > len(rows)  # several curriculum documents share a row, each ended by EOS
     kinds = {"lines": 0, "passkey": 0, "repeat": 0, "prose": 0}
@@ -440,7 +445,8 @@ def test_report_states_the_base_model_and_when_nothing_was_retrieved():
              settings={"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1, "vocab": 600, "pretrain_steps": 3,
                        "pretrain_batch": 2, "short_steps": 2, "short_batch": 2, "short_len": 256,
                        "copy_steps": 2, "copy_batch": 2, "copy_len": 128, "finetune_steps": 2,
-                       "finetune_batch": 1, "retrieval_share": 0.8})
+                       "finetune_batch": 1, "retrieval_share": 0.8, "pretrain_lr": 1e-3, "anneal_steps": 2,
+                       "anneal_lr": 5e-4})
     put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.0)
     put(s, "zero-shot-8x", "lines", "none", NATIVE, 0.0)
     report = report_markdown(s, [])
@@ -448,5 +454,6 @@ def test_report_states_the_base_model_and_when_nothing_was_retrieved():
     assert "embeddings (input and output) 90 (9.0%)" in report and "gain 0.10" in report
     assert "No model retrieved" in report
     assert "mean pairwise cosine 0.80 (all tokens: 0.26" in report
+    assert "at learning rate 0.001, then 2 steps more at 0.0005." in report
     put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.9)
     assert "No model retrieved" not in report_markdown(s, []) and "passkey 0.90" in report_markdown(s, [])

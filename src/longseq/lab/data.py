@@ -132,9 +132,16 @@ class RowBuilder:
             units = max(1, int(units * 0.9))
 
     def row(self, n: int, retrieval: bool, kinds: tuple[str, ...] = CURRICULUM) -> str:
-        """A row of ``n`` tokens: prose, or prose followed by retrieval documents (random tasks and sizes, added
-        while they fit) that end the row. Short documents are the most frequent, so a row teaches the
-        copy several times; the longest fill the whole row."""
+        """A row of exactly ``n`` tokens: prose, or prose followed by retrieval documents (random tasks and
+        sizes, added while they fit) that end the row. Short documents are the most frequent, so a row teaches
+        the copy several times; the longest fill the whole row."""
+        while True:  # a row whose seam cannot be tokenized to exactly n is drawn again: packing must not shift
+            text = self._try_row(n, retrieval, kinds)
+            if text is not None:
+                return text
+
+    def _try_row(self, n: int, retrieval: bool, kinds: tuple[str, ...]) -> str | None:
+        """One draw of :meth:`row`; None when decode/encode at the prose seam never lands on ``n`` tokens."""
         docs, used = [], 0
         while retrieval:
             doc, k = self._doc(self.rng.choice(kinds), n - used - 2 * (len(docs) + 1))
@@ -145,16 +152,15 @@ class RowBuilder:
         tail = EOS.join(docs)  # the model learns to stop after an answer, as the eval's generation needs
         k = n - used
         start = self.pos
-        text = ""
         for _ in range(4):  # decode/encode at the seam can merge or split a token: adjust k to hit n exactly
             self.pos = start
             prose = self.tok.decode(self._prose(k)) if k > 0 else ""
             text = f"{prose}\n\n{tail}" if tail and prose else (tail or prose)
             err = len(self._ids(text)) - n
             if err == 0:
-                break
+                return text
             k -= err
-        return text
+        return None
 
     def rows(self, count: int, n: int, share: float, kinds: tuple[str, ...] = CURRICULUM) -> Iterator[str]:
         """``count`` rows of ``n`` tokens, a ``share`` of them ending with documents of ``kinds``."""
@@ -172,13 +178,15 @@ def _prose(size: LabSize) -> tuple[list[str], str]:
 def build_data(out: Path, size: LabSize, seed: int) -> dict[str, str]:
     """Write the tokenizer, ``data/pretrain_copy.jsonl`` (``size.copy_len``, repeated lists of words and numbers),
     ``data/pretrain_short.jsonl`` (``size.short_len``, curriculum rows only),
-    ``data/pretrain.jsonl`` (L), ``data/finetune.jsonl`` (4L) and ``data/heldout.txt``.
+    ``data/pretrain.jsonl`` and ``data/pretrain_anneal.jsonl`` (L, new rows of the same mixture),
+    ``data/finetune.jsonl`` (4L) and ``data/heldout.txt``.
 
     Cached: a finished ``data/`` (``done.json``) is reused. The tokenizer is trained on the prose and a
     sample of retrieval documents of every size, then every row is measured with it.
     """
     data = out / "data"
-    paths = {k: str(data / f"{k}.jsonl") for k in ("pretrain_copy", "pretrain_short", "pretrain", "finetune")}
+    paths = {k: str(data / f"{k}.jsonl") for k in ("pretrain_copy", "pretrain_short", "pretrain", "pretrain_anneal",
+                                                       "finetune")}
     paths["heldout"] = str(data / "heldout.txt")
     paths["tokenizer"] = str(out / "tokenizer")
     if (data / "done.json").is_file() and (out / "tokenizer" / "tokenizer.json").is_file():
@@ -196,6 +204,8 @@ def build_data(out: Path, size: LabSize, seed: int) -> dict[str, str]:
                 ("pretrain_copy", size.copy_len, size.copy_steps * size.copy_batch, 1.0, ("lists",)),
                 ("pretrain_short", size.short_len, size.short_steps * size.short_batch, 1.0, CURRICULUM),
                 ("pretrain", size.native, size.pretrain_steps * size.pretrain_batch, size.retrieval_share, CURRICULUM),
+                ("pretrain_anneal", size.native, size.anneal_steps * size.pretrain_batch, size.retrieval_share,
+                 CURRICULUM),
                 ("finetune", size.native * FT_FACTOR, size.finetune_steps * size.finetune_batch, size.retrieval_share,
                  CURRICULUM)):
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:

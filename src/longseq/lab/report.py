@@ -82,6 +82,12 @@ def _cost_table(costs: dict[str, Any]) -> str:
                       str(c.get("tokens")), fmt(c.get("final_loss"), 3)] for name, c in costs.items()])
 
 
+def _anneal(st: dict[str, Any]) -> str:
+    """The fourth pre-training phase in words (none when it has no steps)."""
+    steps = st.get("anneal_steps", 0)
+    return f", then {steps} steps more at {st['anneal_lr']:g}" if steps else ""
+
+
 def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
     """The lab report: setup, then one section per finding with claim, measured table and verdict."""
     st = s["settings"]
@@ -95,7 +101,7 @@ def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
         f"numbers, {st['short_steps']} steps x {st['short_batch']} rows of {st['short_len']} tokens, each ending with "
         f"passkey, lines and repeated-list documents, then at L = {s['native']} tokens for "
         f"{st['pretrain_steps']} steps x {st['pretrain_batch']} rows, {st['retrieval_share']:.0%} of them ending "
-        "with such documents. Fine-tuning "
+        f"with such documents, at learning rate {st['pretrain_lr']:g}{_anneal(st)}. Fine-tuning "
         f"at {FT_FACTOR}L = {FT_FACTOR * s['native']} tokens, {st['finetune_steps']} steps x {st['finetune_batch']} sequences for "
         f"every arm (same token budget), seeds {seeds}. Size preset `{s['size']}`, total {s['seconds'] / 60:.1f} min.",
         "",
