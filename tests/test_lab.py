@@ -226,16 +226,17 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
         assert f["verdict"] == {True: "reproduced", False: "not reproduced", None: "inconclusive"}[ok]
     assert [f["verdict"] for f in summary["findings"] if f["key"] != "randomized"].count("inconclusive") == 0
     size = SIZES["test"]
-    runs = ["pretrain", *(f"{ft.name}-s{k}" for ft in FINETUNES for k in range(size.seeds))]
+    runs = ["pretrain-copy", "pretrain-short", "pretrain", "pretrain-anneal",
+            *(f"{ft.name}-s{k}" for ft in FINETUNES for k in range(size.seeds))]
     for run in runs:
         assert (out / run / "model" / "config.json").is_file()
         assert summary["costs"][run]["peak_rss_mb"] > 0
-        assert summary["costs"][run]["allocator"] == ("tuned" if run == "pretrain" else "glibc default")
+        assert summary["costs"][run]["allocator"] == ("tuned" if run.startswith("pretrain") else "glibc default")
     ft_pi = json.loads((out / "ft-pi-s0" / "model" / "config.json").read_text())
     assert ft_pi["rope_parameters"]["rope_type"] == "linear" and ft_pi["rope_parameters"]["factor"] == 4.0
     # the lab's own tokenizer, in every model, and an embedding share computed from the model
     assert json.loads((out / "pretrain" / "model" / "config.json").read_text())["vocab_size"] == size.vocab
-    assert summary["model"]["embedding"] == size.vocab * size.hidden
+    assert summary["model"]["embedding"] == 2 * size.vocab * size.hidden  # untied input and output embeddings
     assert f"({summary['model']['share']:.1%})" in report
     # the randomized-positions finding reads a real lengthgen run of both encodings
     assert sorted(r["pe"] for r in summary["lengthgen"]["runs"]) == ["randomized_rope", "rope"]
@@ -244,6 +245,10 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     L4 = 4 * size.native
     assert summary["evals"]["ft-pi-s0"]["passkey"]["none"][str(L4)] is not None
     assert summary["evals"]["zero-shot-8x"]["lines"]["none"][str(size.native)] is not None
+    # and only there: zero-shot lines at L only, passkey at every length
+    assert {n for curve in summary["evals"]["zero-shot-8x"]["lines"].values() for n in curve} == {str(size.native)}
+    assert summary["evals"]["zero-shot-4x"]["lines"] == {}
+    assert sorted(summary["evals"]["zero-shot-8x"]["passkey"]["yarn"], key=int) == [str(n) for n in summary["lengths"]]
     assert summary["lines_chance"] is not None and 0 < summary["lines_chance"] <= 1
     assert (out / "perplexity.png").stat().st_size > 1000
     # a second run reuses every cached stage and reproduces the same numbers
@@ -352,7 +357,7 @@ def test_training_rows_have_exactly_the_row_length(lab_tokenizer):
     builder = RowBuilder(tok, docstring_prose(60_000), seed=0)
     rows = list(builder.rows(30, 255, 0.5))
     lengths = [len(tok(r, add_special_tokens=False)["input_ids"]) for r in rows]
-    assert sum(n == 255 for n in lengths) >= 28 and max(lengths) <= 256
+    assert lengths == [255] * 30  # a row that packing would shift by a token is drawn again
     docs = [d for r in rows for d in r.split(tok.eos_token)]
     assert len(docs) > len(rows)  # several curriculum documents share a row, each ended by EOS
     kinds = {"lines": 0, "passkey": 0, "repeat": 0, "prose": 0}
@@ -372,12 +377,14 @@ def test_training_rows_have_exactly_the_row_length(lab_tokenizer):
     assert all(kinds.values()), kinds
 
 
-def test_embedding_share_counts_the_tied_embedding_once(tiny_llama_dir):
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_share_counts_a_tied_embedding_once(tmp_path, make_tiny_llama, tied):
     from longseq.lab.data import embedding_share
 
-    info = embedding_share(str(tiny_llama_dir))
-    config = json.loads((tiny_llama_dir / "config.json").read_text())
-    assert info["embedding"] == config["vocab_size"] * config["hidden_size"]
+    path = make_tiny_llama(tmp_path / "m", tie_word_embeddings=tied)
+    info = embedding_share(str(path))
+    config = json.loads((path / "config.json").read_text())
+    assert info["embedding"] == (1 if tied else 2) * config["vocab_size"] * config["hidden_size"]
     assert 0 < info["share"] < 1 and info["parameters"] > info["embedding"]
 
 
@@ -436,12 +443,17 @@ def test_report_states_the_base_model_and_when_nothing_was_retrieved():
                     "copy_test": {"first": 5.5, "repeats": 5.4, "gain": 0.1},
                     "digit_embeddings": {"digits": 0.8, "all": 0.26}},
              settings={"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 1, "vocab": 600, "pretrain_steps": 3,
-                       "pretrain_batch": 2, "finetune_steps": 2, "finetune_batch": 1, "retrieval_share": 0.8})
+                       "pretrain_batch": 2, "short_steps": 2, "short_batch": 2, "short_len": 256,
+                       "copy_steps": 2, "copy_batch": 2, "copy_len": 128, "finetune_steps": 2,
+                       "finetune_batch": 1, "retrieval_share": 0.8, "pretrain_lr": 1e-3, "anneal_steps": 2,
+                       "anneal_lr": 5e-4})
     put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.0)
     put(s, "zero-shot-8x", "lines", "none", NATIVE, 0.0)
     report = report_markdown(s, [])
     assert "passkey 0.00, LongEval lines 0.00 (chance, guessing one of the record's lines: 0.10)" in report
-    assert "embedding 90 (9.0%)" in report and "gain 0.10" in report and "No model retrieved" in report
+    assert "embeddings (input and output) 90 (9.0%)" in report and "gain 0.10" in report
+    assert "No model retrieved" in report
     assert "mean pairwise cosine 0.80 (all tokens: 0.26" in report
+    assert "at learning rate 0.001, then 2 steps more at 0.0005." in report
     put(s, "zero-shot-8x", "passkey", "none", NATIVE, 0.9)
     assert "No model retrieved" not in report_markdown(s, []) and "passkey 0.90" in report_markdown(s, [])

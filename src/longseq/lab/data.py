@@ -60,22 +60,27 @@ def docstring_prose(max_chars: int) -> list[str]:
 
 def retrieval_doc(task: str, rng: random.Random, units: int) -> str:
     """One curriculum document: a passkey or lines prompt with its answer (``units`` filler characters or
-    lines), or a ``repeat`` document (``units`` random words, then the same words again)."""
-    if task == "repeat":
-        return repeat_doc(rng, units)
+    lines), a ``repeat`` document (``units`` random words, then the same words again) or a ``lists`` one
+    (the same with numbers among the words)."""
+    if task in ("repeat", "lists"):
+        return repeat_doc(rng, units, numbers=0.4 if task == "lists" else 0.0)
     p = EVAL_TASKS[task].generate(rng, units, {})
     return f"{p.body}{p.sep}{p.answer_prefix}{ANSWER_FORMAT[task].format(p.expected)}"
 
 
-def repeat_doc(rng: random.Random, items: int) -> str:
+def repeat_doc(rng: random.Random, items: int, numbers: float = 0.0) -> str:
     """``items`` random words (the lines task's adjectives and nouns), then the same words three more times.
+
+    With ``numbers`` > 0, each item is instead a random number of 1-5 digits with that probability: the copy
+    then covers digits, which passkeys and line values are made of.
 
     Every word of the later copies is predictable only by looking back at the first (the repeated random
     sequences of Olsson et al. 2022): a dense training signal for the in-context copying (induction heads) that
     passkey and lines retrieval rely on, and the material of the lab's copy test (:mod:`longseq.lab.probe`).
     """
     vocab = [*words()["adjectives"], *words()["nouns"]]
-    listing = " ".join(rng.choice(vocab) for _ in range(max(items, 1)))
+    listing = " ".join(str(rng.randrange(10 ** rng.randint(1, 5))) if numbers and rng.random() < numbers
+                       else rng.choice(vocab) for _ in range(max(items, 1)))
     return f"Here is a list: {listing}.\nThe list again: {listing}.\nAnd again: {listing}.\nOnce more: {listing}."
 
 
@@ -92,7 +97,7 @@ class RowBuilder:
         self.pos = 0
         # tokens per unit of each task's size knob, from two probes (linear in the units)
         self.rate: dict[str, tuple[float, float]] = {}
-        for task, (a, b) in (("passkey", (100, 4000)), ("lines", (1, 40)), ("repeat", (5, 60))):
+        for task, (a, b) in (("passkey", (100, 4000)), ("lines", (1, 40)), ("repeat", (5, 60)), ("lists", (5, 60))):
             ta, tb = (len(self._ids(retrieval_doc(task, random.Random(0), u))) for u in (a, b))
             self.rate[task] = (ta - a * (tb - ta) / (b - a), (tb - ta) / (b - a))
 
@@ -126,13 +131,20 @@ class RowBuilder:
                 return "", 0
             units = max(1, int(units * 0.9))
 
-    def row(self, n: int, retrieval: bool) -> str:
-        """A row of ``n`` tokens: prose, or prose followed by retrieval documents (random tasks and sizes, added
-        while they fit) that end the row. Short documents are the most frequent, so a row teaches the
-        copy several times; the longest fill the whole row."""
+    def row(self, n: int, retrieval: bool, kinds: tuple[str, ...] = CURRICULUM) -> str:
+        """A row of exactly ``n`` tokens: prose, or prose followed by retrieval documents (random tasks and
+        sizes, added while they fit) that end the row. Short documents are the most frequent, so a row teaches
+        the copy several times; the longest fill the whole row."""
+        while True:  # a row whose seam cannot be tokenized to exactly n is drawn again: packing must not shift
+            text = self._try_row(n, retrieval, kinds)
+            if text is not None:
+                return text
+
+    def _try_row(self, n: int, retrieval: bool, kinds: tuple[str, ...]) -> str | None:
+        """One draw of :meth:`row`; None when decode/encode at the prose seam never lands on ``n`` tokens."""
         docs, used = [], 0
         while retrieval:
-            doc, k = self._doc(self.rng.choice(CURRICULUM), n - used - 2 * (len(docs) + 1))
+            doc, k = self._doc(self.rng.choice(kinds), n - used - 2 * (len(docs) + 1))
             if not doc:
                 break
             docs.append(doc)
@@ -140,21 +152,20 @@ class RowBuilder:
         tail = EOS.join(docs)  # the model learns to stop after an answer, as the eval's generation needs
         k = n - used
         start = self.pos
-        text = ""
         for _ in range(4):  # decode/encode at the seam can merge or split a token: adjust k to hit n exactly
             self.pos = start
             prose = self.tok.decode(self._prose(k)) if k > 0 else ""
             text = f"{prose}\n\n{tail}" if tail and prose else (tail or prose)
             err = len(self._ids(text)) - n
             if err == 0:
-                break
+                return text
             k -= err
-        return text
+        return None
 
-    def rows(self, count: int, n: int, share: float) -> Iterator[str]:
-        """``count`` rows of ``n`` tokens, a ``share`` of them ending with retrieval documents."""
+    def rows(self, count: int, n: int, share: float, kinds: tuple[str, ...] = CURRICULUM) -> Iterator[str]:
+        """``count`` rows of ``n`` tokens, a ``share`` of them ending with documents of ``kinds``."""
         for _ in range(count):
-            yield self.row(n, self.rng.random() < share)
+            yield self.row(n, self.rng.random() < share, kinds)
 
 
 def _prose(size: LabSize) -> tuple[list[str], str]:
@@ -165,14 +176,18 @@ def _prose(size: LabSize) -> tuple[list[str], str]:
 
 
 def build_data(out: Path, size: LabSize, seed: int) -> dict[str, str]:
-    """Write the tokenizer, ``data/pretrain.jsonl`` (L), ``data/finetune.jsonl`` (4L) and ``data/heldout.txt``.
+    """Write the tokenizer, ``data/pretrain_copy.jsonl`` (``size.copy_len``, repeated lists of words and numbers),
+    ``data/pretrain_short.jsonl`` (``size.short_len``, curriculum rows only),
+    ``data/pretrain.jsonl`` and ``data/pretrain_anneal.jsonl`` (L, new rows of the same mixture),
+    ``data/finetune.jsonl`` (4L) and ``data/heldout.txt``.
 
     Cached: a finished ``data/`` (``done.json``) is reused. The tokenizer is trained on the prose and a
     sample of retrieval documents of every size, then every row is measured with it.
     """
     data = out / "data"
-    paths = {k: str(data / f) for k, f in (("pretrain", "pretrain.jsonl"), ("finetune", "finetune.jsonl"),
-                                           ("heldout", "heldout.txt"))}
+    paths = {k: str(data / f"{k}.jsonl") for k in ("pretrain_copy", "pretrain_short", "pretrain", "pretrain_anneal",
+                                                       "finetune")}
+    paths["heldout"] = str(data / "heldout.txt")
     paths["tokenizer"] = str(out / "tokenizer")
     if (data / "done.json").is_file() and (out / "tokenizer" / "tokenizer.json").is_file():
         return paths
@@ -185,10 +200,16 @@ def build_data(out: Path, size: LabSize, seed: int) -> dict[str, str]:
     tok = AutoTokenizer.from_pretrained(build_tokenizer(out / "tokenizer", prose + sample, size.vocab))
     builder = RowBuilder(tok, prose, seed)
     with atomic_dir(data, overwrite=True) as tmp:
-        for name, n, count in (("pretrain", size.native, size.pretrain_steps * size.pretrain_batch),
-                               ("finetune", size.native * FT_FACTOR, size.finetune_steps * size.finetune_batch)):
+        for name, n, count, share, kinds in (
+                ("pretrain_copy", size.copy_len, size.copy_steps * size.copy_batch, 1.0, ("lists",)),
+                ("pretrain_short", size.short_len, size.short_steps * size.short_batch, 1.0, CURRICULUM),
+                ("pretrain", size.native, size.pretrain_steps * size.pretrain_batch, size.retrieval_share, CURRICULUM),
+                ("pretrain_anneal", size.native, size.anneal_steps * size.pretrain_batch, size.retrieval_share,
+                 CURRICULUM),
+                ("finetune", size.native * FT_FACTOR, size.finetune_steps * size.finetune_batch, size.retrieval_share,
+                 CURRICULUM)):
             with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-                for text in builder.rows(count, n - 1, size.retrieval_share):
+                for text in builder.rows(count, n - 1, share, kinds):
                     fh.write(json.dumps({"text": text}) + "\n")
         (tmp / "heldout.txt").write_text(heldout, encoding="utf-8")
         (tmp / "done.json").write_text(json.dumps({"prose_chars": sum(map(len, prose)), "vocab": len(tok)}))
@@ -196,7 +217,7 @@ def build_data(out: Path, size: LabSize, seed: int) -> dict[str, str]:
 
 
 def build_init(out: Path, size: LabSize, seed: int, tokenizer: str) -> str:
-    """A random Llama at the native context with the lab tokenizer, saved to ``init/``."""
+    """A random Llama (untied embeddings) at the native context with the lab tokenizer, saved to ``init/``."""
     target = out / "init"
     if (target / "config.json").is_file():
         return str(target)
@@ -207,7 +228,10 @@ def build_init(out: Path, size: LabSize, seed: int, tokenizer: str) -> str:
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
-        max_position_embeddings=size.native, rope_theta=10000.0, tie_word_embeddings=True,
+        # Untied, as in Llama 2: with a tied embedding the digits, which training only ever sees in random
+        # order, are pushed to one output direction and so become one input vector (mean cosine between the
+        # ten digit embeddings 0.92 after pre-training), and no head can copy a passkey it cannot tell apart.
+        max_position_embeddings=size.native, rope_theta=10000.0, tie_word_embeddings=False,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
@@ -219,7 +243,8 @@ def build_init(out: Path, size: LabSize, seed: int, tokenizer: str) -> str:
 
 
 def embedding_share(model_dir: str) -> dict[str, int | float]:
-    """Parameters of the (tied) token embedding vs the whole model, read from its config."""
+    """Parameters of the token embeddings (input and output; a tied pair counted once) vs the whole model,
+    read from its config."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -227,5 +252,6 @@ def embedding_share(model_dir: str) -> dict[str, int | float]:
     with torch.device("meta"):  # shapes only: no weights are allocated
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
-    embed = model.get_input_embeddings().weight.numel()
+    inp, outp = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    embed = inp.numel() + (0 if outp is inp else outp.numel())
     return {"parameters": total, "embedding": embed, "share": embed / total}

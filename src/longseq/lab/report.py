@@ -54,7 +54,7 @@ def _base_model_lines(s: dict[str, Any]) -> list[str]:
     chance = s.get("lines_chance")
     out = [f"Pre-trained model at L = {L}, before any extension: passkey {fmt(pk)}, LongEval lines {fmt(ln)} "
            f"(chance, guessing one of the record's lines: {fmt(chance)}). Parameters {m['parameters']:,}, of which "
-           f"the tied token embedding {m['embedding']:,} ({m['share']:.1%})."]
+           f"the token embeddings (input and output) {m['embedding']:,} ({m['share']:.1%})."]
     if m.get("copy_test"):
         out[0] += f" The {describe(m['copy_test'])}."
     if m.get("digit_embeddings"):
@@ -82,6 +82,12 @@ def _cost_table(costs: dict[str, Any]) -> str:
                       str(c.get("tokens")), fmt(c.get("final_loss"), 3)] for name, c in costs.items()])
 
 
+def _anneal(st: dict[str, Any]) -> str:
+    """The fourth pre-training phase in words (none when it has no steps)."""
+    steps = st.get("anneal_steps", 0)
+    return f", then {steps} steps more at {st['anneal_lr']:g}" if steps else ""
+
+
 def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
     """The lab report: setup, then one section per finding with claim, measured table and verdict."""
     st = s["settings"]
@@ -90,12 +96,15 @@ def report_markdown(s: dict[str, Any], plots: list[str]) -> str:
         "# longseq lab: context-extension findings at small scale",
         "",
         f"Model: Llama, {st['layers']} layers, width {st['hidden']}, {st['heads']} heads ({st['kv_heads']} KV), "
-        f"a {st['vocab']}-token byte-level BPE trained on the lab corpus; pre-trained from scratch at L = "
-        f"{s['native']} tokens for {st['pretrain_steps']} steps x {st['pretrain_batch']} sequences, "
-        f"{st['retrieval_share']:.0%} of them ending with passkey, lines and repeated-list documents. Fine-tuning "
+        f"a {st['vocab']}-token byte-level BPE trained on the lab corpus; pre-trained from scratch for "
+        f"{st['copy_steps']} steps x {st['copy_batch']} rows of {st['copy_len']} tokens of repeated lists of words "
+        f"and numbers, {st['short_steps']} steps x {st['short_batch']} rows of {st['short_len']} tokens, each ending "
+        f"with passkey, lines and repeated-list documents, then at L = {s['native']} tokens for "
+        f"{st['pretrain_steps']} steps x {st['pretrain_batch']} rows, {st['retrieval_share']:.0%} of them ending "
+        f"with such documents, at learning rate {st['pretrain_lr']:g}{_anneal(st)}. Fine-tuning "
         f"at {FT_FACTOR}L = {FT_FACTOR * s['native']} tokens, {st['finetune_steps']} steps x "
-        f"{st['finetune_batch']} sequences for "
-        f"every arm (same token budget), seeds {seeds}. Size preset `{s['size']}`, total {s['seconds'] / 60:.1f} min.",
+        f"{st['finetune_batch']} sequences for every arm (same token budget), seeds {seeds}. Size preset "
+        f"`{s['size']}`, total {s['seconds'] / 60:.1f} min.",
         "",
         *_base_model_lines(s),
         "Perplexity is measured on held-out shipped prose (never trained on); passkey and LongEval lines are "

@@ -5,16 +5,19 @@ claims on a few-million-parameter Llama in minutes, through the same code paths 
 (``longseq train`` as a subprocess, ``longseq eval`` in process):
 
   data      a byte-level BPE of a few thousand tokens trained on the lab corpus (prose: the shipped text and
-            Python's own docstrings); training rows of exactly one sequence, half of them ending with a
-            passkey or LongEval-lines document (the retrieval curriculum); the shipped text's tail is held
-            out for perplexity (:mod:`longseq.lab.data`)
-  init      a random Llama whose tied embedding is under a tenth of its weights
-  pretrain  full training from scratch at the native context L
+            Python's own docstrings); training rows of exactly one sequence, most of them ending with
+            passkey, LongEval-lines and repeated-list documents (the retrieval curriculum); the shipped
+            text's tail is held out for perplexity (:mod:`longseq.lab.data`)
+  init      a random Llama whose (untied) embeddings are under a tenth of its weights
+  pretrain  full training from scratch: rows of repeated lists of words and numbers (``copy_len``), where
+            the model learns to copy from its context, digits included; short rows (``short_len``) that all
+            end with curriculum documents; then rows of the native context L, the last of them at a lower
+            learning rate
   finetune  from the pre-trained model at 4L with one token budget, for each of ``seeds`` seeds: direct
             (extrapolation), PI, ABF (full fine-tuning), LongLoRA and LoRA (PI), timing and peak memory of
             each (:mod:`longseq.lab.stages`); and ``longseq lengthgen`` (RoPE vs randomized RoPE, Even Pairs)
-  eval      perplexity at 1L..8L everywhere; passkey and lines at 1L..8L zero-shot with none/pi/ntk/yarn
-            (targets 4L and 8L) and at 4L for every fine-tuned model
+  eval      perplexity at 1L..8L everywhere; passkey at 1L..8L zero-shot with none/pi/ntk/yarn (targets 4L
+            and 8L), lines at L there; passkey and lines at 4L for every fine-tuned model
   report    summary.json, report.md (one table per finding, the paper's claim beside the measured
             numbers, a verdict computed from them by :data:`longseq.lab.findings.FINDINGS`), plots
             (:mod:`longseq.lab.report`)

@@ -29,7 +29,7 @@ from longseq.core.fsutil import atomic_write_text, read_jsonl
 from longseq.eval.plan import EvalConfig
 from longseq.eval.run import open_samples, run_eval
 from longseq.lab.data import build_data, build_init
-from longseq.lab.presets import FACTORS, FINETUNES, FT_FACTOR, LAB_TASKS, ZERO_SHOT, LabSize
+from longseq.lab.presets import FACTORS, FINETUNES, FT_FACTOR, ZERO_SHOT, LabSize
 
 # {method: {length: value}}: one number per (RoPE method, context length) of an eval run.
 Curve = dict[str, dict[int, float]]
@@ -169,17 +169,14 @@ def finetune_recipe(size: LabSize, seed: int, model: str, data: str, method: str
 
 
 def run_evaluation(out: Path, name: str, model: str, cells: list[tuple[str, int]], target: int | None,
-                   size: LabSize, heldout: str, seed: int,
-                   retrieval_lengths: tuple[int, ...] | None = None) -> dict[str, Any]:
+                   size: LabSize, heldout: str, seed: int, retrieval: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """``longseq eval`` (in process, resumable) on one model; returns its summary with perplexities.
 
-    Perplexity runs at every cell; passkey and lines at ``retrieval_lengths`` (default: every length).
+    Perplexity runs at every cell; each retrieval task of ``retrieval`` at its lengths only.
     """
-    lengths = tuple(sorted({n for _, n in cells}))
-    keep = lengths if retrieval_lengths is None else tuple(n for n in lengths if n in retrieval_lengths)
-    cfg = EvalConfig(model=model, out=str(out / "eval" / name), tasks=list(LAB_TASKS), cells=cells,
+    cfg = EvalConfig(model=model, out=str(out / "eval" / name), tasks=["ppl", *retrieval], cells=cells,
                      samples=size.eval_samples, seed=seed, prompt_format="raw", target_length=target,
-                     ppl_text=heldout, task_lengths={t: keep for t in LAB_TASKS if t != "ppl"})
+                     ppl_text=heldout, task_lengths=dict(retrieval))
     log(f"eval {name}: {len(cells)} (method, length) cells")
     summary = run_eval(cfg, progress=True, quiet=True)
     summary["perplexity"] = perplexities(Path(cfg.out) / "samples.jsonl")
@@ -269,11 +266,23 @@ def run_stages(out: Path, size: LabSize, seed: int,
     data = build_data(out, size, seed)
     init = build_init(out, size, seed, data["tokenizer"])
 
-    log("[2/5] pre-training at L; the randomized-positions benchmark (longseq lengthgen)")
-    pre = {**base_recipe(size, seed), "model": init, "method": "full", "rope": "none", "data": data["pretrain"],
-           "seq_len": L, "steps": size.pretrain_steps, "lr": size.pretrain_lr, "warmup_steps": 30, "save_every": 200}
-    costs = {"pretrain": run_training(out, "pretrain", pre, lock_fd=lock_fd)}
-    base = str(out / "pretrain" / "model")
+    log(f"[2/5] pre-training at {size.copy_len}, {size.short_len} and L tokens; the randomized-positions benchmark "
+        "(longseq lengthgen)")
+    costs = {}
+    model = init
+    for name, n, steps, batch, lr in (
+            ("pretrain-copy", size.copy_len, size.copy_steps, size.copy_batch, size.pretrain_lr),
+            ("pretrain-short", size.short_len, size.short_steps, size.short_batch, size.pretrain_lr),
+            ("pretrain", L, size.pretrain_steps, size.pretrain_batch, size.pretrain_lr),
+            ("pretrain-anneal", L, size.anneal_steps, size.pretrain_batch, size.anneal_lr)):
+        if not steps:
+            continue
+        recipe = {**base_recipe(size, seed), "model": model, "method": "full", "rope": "none",
+                  "data": data[name.replace("-", "_")], "seq_len": n, "steps": steps, "batch_size": batch,
+                  "lr": lr, "warmup_steps": 30, "save_every": 200}
+        costs[name] = run_training(out, name, recipe, lock_fd=lock_fd)
+        model = str(out / name / "model")
+    base = model
 
     lengthgen = run_lengthgen(out, size, seed, lock_fd)
 
@@ -285,15 +294,22 @@ def run_stages(out: Path, size: LabSize, seed: int,
             costs[ft_run(ft.name, s)] = run_training(out, ft_run(ft.name, s), recipe, True, lock_fd)
 
     log("[4/5] evaluation: perplexity at 1L..8L, passkey and lines")
+    # Passkey wherever a finding reads it; lines where a finding reads it: the base model at L and the arms
+    # at 4L. (A model that does not stop answers lines with all of LongChat's 100 new tokens: at every
+    # zero-shot cell that would be most of the lab's evaluation time.)
     evals: dict[str, dict[str, Any]] = {}
     for f in FACTORS:
         methods = ZERO_SHOT if f == max(FACTORS) else tuple(m for m in ZERO_SHOT if m != "none")
         cells = [(m, n) for m in methods for n in lengths if n <= f * L]
+        retrieval = {"passkey": tuple(n for n in lengths if n <= f * L)}
+        if "none" in methods:
+            retrieval["lines"] = (L,)
         evals[f"zero-shot-{f}x"] = run_evaluation(out, f"zero-shot-{f}x", base, cells, f * L, size,
-                                                  data["heldout"], seed)
+                                                  data["heldout"], seed, retrieval)
     for s in seeds:
         for ft in FINETUNES:
             name = ft_run(ft.name, s)
             evals[name] = run_evaluation(out, name, str(out / name / "model"), [("none", n) for n in lengths],
-                                         None, size, data["heldout"], seed, (FT_FACTOR * L,))
+                                         None, size, data["heldout"], seed,
+                                         {t: (FT_FACTOR * L,) for t in ("passkey", "lines")})
     return lengths, costs, evals, lengthgen

@@ -1,10 +1,10 @@
 """The lab's own tokenizer: byte-level BPE trained on the lab corpus with the ``tokenizers`` library.
 
-A few thousand tokens keep the tied embedding a small share of the weights, as in real LLMs (Llama 2 7B:
-32k x 4096 = 131M of 6.7B, about 2%); the 49k-token vocabulary of the embedded model would make it most of
-a few-million-parameter model. Digits are split one per token (as Llama's tokenizer does), so every passkey
-and line value is a sequence of single-digit tokens that a small model can copy, and byte-level BPE decodes
-every string back exactly.
+A thousand or so tokens keep the input and output embeddings a small share of the weights, as in real LLMs
+(Llama 2 7B: 2 x 32k x 4096 = 262M of 6.7B, about 4%); the 49k-token vocabulary of the embedded model
+would make it most of a few-million-parameter model. Digits are split one per token (as Llama's tokenizer
+does), so every passkey and line value is a sequence of single-digit tokens that a small model can copy, and
+byte-level BPE decodes every string back exactly.
 """
 
 from __future__ import annotations
