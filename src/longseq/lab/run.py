@@ -4,7 +4,7 @@ The papers behind longseq make their claims on 7B models and GPU clusters. The l
 claims on a few-million-parameter Llama in minutes, through the same code paths a real run uses
 (``longseq train`` as a subprocess, ``longseq eval`` in process):
 
-  data      a byte-level BPE of a few thousand tokens trained on the lab corpus (prose: the shipped text and
+  data      a byte-level BPE of about a thousand tokens trained on the lab corpus (prose: the shipped text and
             Python's own docstrings); training rows of exactly one sequence, most of them ending with
             passkey, LongEval-lines and repeated-list documents (the retrieval curriculum); the shipped
             text's tail is held out for perplexity (:mod:`longseq.lab.data`)
