@@ -195,6 +195,16 @@ def test_perplexity_is_token_weighted(tmp_path):
     assert perplexities(path) == {"none": {64: pytest.approx(2.718281828 ** 2)}}
 
 
+def test_pre_training_phases_and_the_base_model(tmp_path):
+    from longseq.lab.stages import base_model, pretrain_phases
+
+    assert [p[0] for p in pretrain_phases(SIZES["default"])] == ["pretrain-copy", "pretrain-short", "pretrain",
+                                                                  "pretrain-anneal"]
+    assert [p[0] for p in pretrain_phases(SIZES["quick"])] == ["pretrain-copy", "pretrain-short", "pretrain"]
+    assert base_model(tmp_path, SIZES["default"]) == str(tmp_path / "pretrain-anneal" / "model")
+    assert base_model(tmp_path, SIZES["quick"]) == str(tmp_path / "pretrain" / "model")  # no anneal steps
+
+
 def test_lab_folder_of_other_settings_is_refused(tmp_path):
     (tmp_path / "lab.json").write_text(json.dumps({"size": "quick", "settings": {}, "seed": 0}))
     with pytest.raises(UserError, match="holds a lab run with a different size"):
@@ -245,6 +255,10 @@ def test_lab_runs_end_to_end_and_resumes(tmp_path):
     L4 = 4 * size.native
     assert summary["evals"]["ft-pi-s0"]["passkey"]["none"][str(L4)] is not None
     assert summary["evals"]["zero-shot-8x"]["lines"]["none"][str(size.native)] is not None
+    # the copy and digit tests read the model every extension starts from: the last pre-training phase's
+    from longseq.lab.probe import digit_similarity
+
+    assert summary["model"]["digit_embeddings"] == digit_similarity(str(out / "pretrain-anneal" / "model"))
     # and only there: zero-shot lines at L only, passkey at every length
     assert {n for curve in summary["evals"]["zero-shot-8x"]["lines"].values() for n in curve} == {str(size.native)}
     assert summary["evals"]["zero-shot-4x"]["lines"] == {}

@@ -44,7 +44,7 @@ from longseq.lab.data import embedding_share
 from longseq.lab.presets import SIZES
 from longseq.lab.probe import copy_test, digit_similarity
 from longseq.lab.report import report_markdown, summarize, write_plots
-from longseq.lab.stages import log, run_stages
+from longseq.lab.stages import base_model, log, run_stages
 
 
 def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def run_lab(out: str | Path, size_name: str = "default", seed: int = 0) -> dict[
             finally:  # wall time over every invocation, so a resumed lab reports what the whole run cost
                 seconds = _add_elapsed(out, time.time() - started)
             log("[5/5] report")
-            pretrained = str(out / "pretrain" / "model")
+            pretrained = base_model(out, size)
             base = {**embedding_share(str(out / "init")), "copy_test": copy_test(pretrained, seed),
                     "digit_embeddings": digit_similarity(pretrained)}
             summary = summarize(size_name, size, seed, lengths, costs, evals, lengthgen, base,

@@ -252,6 +252,21 @@ def ft_run(name: str, seed: int) -> str:
     return f"{name}-s{seed}"
 
 
+def pretrain_phases(size: LabSize) -> list[tuple[str, int, int, int, float]]:
+    """(run folder, row length, steps, batch, learning rate) of each pre-training phase that runs, in order;
+    each starts from the previous one's model."""
+    phases = [("pretrain-copy", size.copy_len, size.copy_steps, size.copy_batch, size.pretrain_lr),
+              ("pretrain-short", size.short_len, size.short_steps, size.short_batch, size.pretrain_lr),
+              ("pretrain", size.native, size.pretrain_steps, size.pretrain_batch, size.pretrain_lr),
+              ("pretrain-anneal", size.native, size.anneal_steps, size.pretrain_batch, size.anneal_lr)]
+    return [p for p in phases if p[2]]
+
+
+def base_model(out: Path, size: LabSize) -> str:
+    """The pre-trained model every extension starts from: the last pre-training phase's."""
+    return str(out / pretrain_phases(size)[-1][0] / "model")
+
+
 def run_stages(out: Path, size: LabSize, seed: int,
                lock_fd: int | None = None) -> tuple[list[int], dict[str, Any], dict[str, dict[str, Any]],
                                                     dict[str, Any]]:
@@ -270,19 +285,13 @@ def run_stages(out: Path, size: LabSize, seed: int,
         "(longseq lengthgen)")
     costs = {}
     model = init
-    for name, n, steps, batch, lr in (
-            ("pretrain-copy", size.copy_len, size.copy_steps, size.copy_batch, size.pretrain_lr),
-            ("pretrain-short", size.short_len, size.short_steps, size.short_batch, size.pretrain_lr),
-            ("pretrain", L, size.pretrain_steps, size.pretrain_batch, size.pretrain_lr),
-            ("pretrain-anneal", L, size.anneal_steps, size.pretrain_batch, size.anneal_lr)):
-        if not steps:
-            continue
+    for name, n, steps, batch, lr in pretrain_phases(size):
         recipe = {**base_recipe(size, seed), "model": model, "method": "full", "rope": "none",
                   "data": data[name.replace("-", "_")], "seq_len": n, "steps": steps, "batch_size": batch,
                   "lr": lr, "warmup_steps": 30, "save_every": 200}
         costs[name] = run_training(out, name, recipe, lock_fd=lock_fd)
         model = str(out / name / "model")
-    base = model
+    base = base_model(out, size)
 
     lengthgen = run_lengthgen(out, size, seed, lock_fd)
 
