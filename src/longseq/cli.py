@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        tune_process()
+        tune_process(getattr(args, "omp_wait", "passive"))  # a command's own default: core/runtime.py
         result = args.func(args)
     except UserError as err:
         print(f"longseq: error: {err}", file=sys.stderr)

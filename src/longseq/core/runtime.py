@@ -3,9 +3,13 @@
 Two settings, both applied once per process by :func:`tune_process` (the CLI calls it first thing;
 ``train_model`` and ``run_eval`` call it too, for Python API users):
 
-* ``OMP_WAIT_POLICY=PASSIVE`` (only if unset, and only effective before torch loads OpenMP): idle
-  OpenMP threads sleep instead of spinning. With spinning, a 1k-token prefill on 2 busy cores took
-  5-15 s instead of 1 s.
+* How idle OpenMP threads wait (only if the user set neither ``OMP_WAIT_POLICY`` nor ``GOMP_SPINCOUNT``, and
+  only effective before torch loads OpenMP): a command picks one of :data:`WAITS`. ``passive`` (most
+  commands) sleeps at once: with libgomp's default 3 ms spin, a 1k-token prefill on 2 busy cores took 5-15 s
+  instead of 1 s. ``spin`` (``train`` and ``lab``: batch jobs that own the cores) spins about
+  0.1 ms first: the gap between two small kernels is shorter than a thread's wake-up, so a lab training step
+  went from 0.44 to 0.33 s; with another process on one of the two cores the same setting made an eval twice
+  as slow as ``passive``.
 * glibc ``malloc`` keeps freed memory instead of returning every large block to the kernel
   (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, -1)``). By default every tensor above
   32 MiB (the logits of a 49k-word vocabulary over 2048 tokens are 400 MB) is a fresh ``mmap`` whose
@@ -32,6 +36,14 @@ _NEVER = -1  # man mallopt: "-1 disables trimming completely"
 
 MALLOC_CHOICES = ("tuned", "system")
 
+# Environment settings per wait mode. GOMP_SPINCOUNT is libgomp's (the OpenMP runtime of torch's Linux wheels);
+# ~100,000 spins take about a millisecond.
+WAITS: dict[str, dict[str, str]] = {
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin": {"GOMP_SPINCOUNT": "10000"},
+}
+_USER_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
 _done = False
 
 
@@ -55,11 +67,12 @@ def tune_malloc() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _NEVER))
 
 
-def tune_process() -> None:
-    """Apply every setting once per process (idempotent)."""
+def tune_process(wait: str = "passive") -> None:
+    """Apply every setting once per process (idempotent: the first call's ``wait`` mode stays)."""
     global _done
     if _done:
         return
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not any(k in os.environ for k in _USER_WAIT_VARS):
+        os.environ.update(WAITS[wait])
     tune_malloc()
     _done = True

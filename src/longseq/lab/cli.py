@@ -28,4 +28,4 @@ def add_cli(sub: Any) -> None:
                    help="size preset: default (two fine-tuning seeds per arm), quick, test (about a minute; for "
                         "tests); measured times in docs/lab.md")
     p.add_argument("--seed", type=int, default=0, help="first seed (fine-tuning arms use seed .. seed + seeds - 1)")
-    p.set_defaults(func=_cmd_lab)
+    p.set_defaults(func=_cmd_lab, omp_wait="spin")

@@ -69,4 +69,4 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--save-every", type=int, help="checkpoint every K steps (default 50)")
     p.add_argument("--save-adapter", action="store_const", const=True, help="also keep the unmerged adapter in DIR/adapter")
     p.add_argument("--seed", type=int)
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_cmd_train, omp_wait="spin")

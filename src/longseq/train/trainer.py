@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """
     from accelerate import Accelerator
 
-    tune_process()
+    tune_process("spin")  # a training run owns the cores: core/runtime.py
     resume_state = _check_before_loading(cfg)
     out = Path(cfg.out)
     mixed_precision = _mixed_precision(cfg)
