@@ -49,7 +49,7 @@ SIZES: dict[str, LabSize] = {
                        prose_chars=2_000_000, retrieval_share=0.8, copy_len=128, copy_steps=800, copy_batch=16,
                        short_len=256, short_steps=300, short_batch=8, pretrain_steps=400, pretrain_batch=4,
                        pretrain_lr=5e-4, anneal_steps=300, anneal_lr=2e-4, finetune_steps=20, finetune_batch=2,
-                       finetune_lr=3e-4, lora_lr=1.5e-3, seeds=2, eval_samples=10, lengthgen_steps=1500,
+                       finetune_lr=3e-4, lora_lr=1.5e-3, seeds=2, eval_samples=10, lengthgen_steps=1000,
                        lengthgen_seeds=2),
     "quick": LabSize(native=512, hidden=384, layers=5, heads=6, kv_heads=2, intermediate=1024, vocab=1024,
                      prose_chars=2_000_000, retrieval_share=0.8, copy_len=128, copy_steps=150, copy_batch=16,
