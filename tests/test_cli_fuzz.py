@@ -231,8 +231,8 @@ def test_random_argv_never_escapes_as_a_traceback(pools):
 
 def test_the_harness_sees_a_traceback_and_an_exit_1(pools, tmp_path, monkeypatch):
     """The property can fail: an escaping exception and a wrong exit code are both reported."""
-    monkeypatch.setattr(cli, "tune_process", lambda: (_ for _ in ()).throw(ValueError("boom")))
+    monkeypatch.setattr(cli, "tune_process", lambda wait="passive": (_ for _ in ()).throw(ValueError("boom")))
     assert run_argv(["info", pools["model"][0]], tmp_path) == ("raised ValueError", "ValueError: boom")
-    monkeypatch.setattr(cli, "tune_process", lambda: None)
+    monkeypatch.setattr(cli, "tune_process", lambda wait="passive": None)
     monkeypatch.setattr(cli, "main", lambda argv: 1)
     assert run_argv(["info"], tmp_path)[0] == "bad-exit-1"
