@@ -189,3 +189,28 @@ def test_cli_search_and_stats(tmp_path, embedder):
     hits = [json.loads(x) for x in _cli("memory", "search", "--db", str(db), "my locker code is", "-k", "2",
                                         "--recency-weight", "0").stdout.splitlines()]
     assert hits[0]["id"] == 6 and "4821" in hits[0]["text"] and len(hits) == 2
+
+
+def test_switching_to_wal_waits_out_the_creation_race():
+    """Two processes creating one database: SQLite answers one WAL switch "locked" at once; it is retried."""
+    import sqlite3
+
+    from longseq.memory.store import _use_wal
+
+    class Conn:
+        def __init__(self, errors: list[str]) -> None:
+            self.errors, self.calls = errors, 0
+
+        def execute(self, sql: str) -> None:
+            assert sql == "PRAGMA journal_mode = WAL"
+            self.calls += 1
+            if self.errors:
+                raise sqlite3.OperationalError(self.errors.pop(0))
+
+    conn = Conn(["database is locked", "database is locked"])
+    _use_wal(conn)
+    assert conn.calls == 3
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):  # other errors are not retried
+        _use_wal(Conn(["disk I/O error"]))
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # nor past the deadline
+        _use_wal(Conn(["database is locked"] * 100), wait_s=0.0)

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from longseq.core.errors import UserError
-from longseq.memory.dbfile import APPLICATION_ID, check_writable, connect, inspect_db
+from longseq.memory.dbfile import APPLICATION_ID, check_writable, connect, database_error_types, inspect_db
 from longseq.memory.embedders import DEFAULT_EMBEDDER, Embedder, load_embedder
 from longseq.memory.index import BitIndex, bit_dim
 
@@ -121,6 +121,25 @@ def _row_item(row: Sequence[Any]) -> MemoryItem:
     return MemoryItem(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], json.loads(row[10]))
 
 
+def _use_wal(conn: Any, wait_s: float = 60.0) -> None:
+    """``PRAGMA journal_mode = WAL``, retried for up to ``wait_s`` while the database is locked.
+
+    Two processes that create one database at the same time both read it, then both need the write lock to
+    change its journal mode; SQLite answers one of them "database is locked" at once instead of waiting (it
+    would otherwise deadlock), whatever the busy timeout. Once the other has switched the file to WAL, the
+    retry finds nothing left to change.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except database_error_types() as err:
+            if "locked" not in str(err).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class MemoryStream:
     """The memory stream in one SQLite file (``":memory:"`` for a throwaway one).
 
@@ -155,7 +174,7 @@ class MemoryStream:
             raise ValueError("a writable MemoryStream needs an embedder")
         self.embedder = embedder
         if self.path != ":memory:":
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(self.conn)
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.index = BitIndex(self.conn, embedder.dim)
         self._init_schema()
