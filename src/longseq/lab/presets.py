@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,18 @@ class LabSize:
     lengthgen_seeds: int
 
 
+_DEFAULT = LabSize(native=512, hidden=384, layers=5, heads=6, kv_heads=2, intermediate=1024, vocab=1024,
+                   prose_chars=2_000_000, retrieval_share=0.8, copy_len=128, copy_steps=800, copy_batch=16,
+                   short_len=256, short_steps=300, short_batch=8, pretrain_steps=400, pretrain_batch=4,
+                   pretrain_lr=5e-4, anneal_steps=300, anneal_lr=2e-4, finetune_steps=20, finetune_batch=2,
+                   finetune_lr=3e-4, lora_lr=1.5e-3, seeds=2, eval_samples=10, lengthgen_steps=1000,
+                   lengthgen_seeds=2)
+
 SIZES: dict[str, LabSize] = {
-    "default": LabSize(native=512, hidden=384, layers=5, heads=6, kv_heads=2, intermediate=1024, vocab=1024,
-                       prose_chars=2_000_000, retrieval_share=0.8, copy_len=128, copy_steps=800, copy_batch=16,
-                       short_len=256, short_steps=300, short_batch=8, pretrain_steps=400, pretrain_batch=4,
-                       pretrain_lr=5e-4, anneal_steps=300, anneal_lr=2e-4, finetune_steps=20, finetune_batch=2,
-                       finetune_lr=3e-4, lora_lr=1.5e-3, seeds=2, eval_samples=10, lengthgen_steps=1000,
-                       lengthgen_seeds=2),
-    "quick": LabSize(native=512, hidden=384, layers=5, heads=6, kv_heads=2, intermediate=1024, vocab=1024,
-                     prose_chars=2_000_000, retrieval_share=0.8, copy_len=128, copy_steps=150, copy_batch=16,
-                     short_len=256, short_steps=50, short_batch=8, pretrain_steps=100, pretrain_batch=4,
-                     pretrain_lr=5e-4, anneal_steps=0, anneal_lr=2e-4, finetune_steps=6, finetune_batch=2,
-                     finetune_lr=3e-4, lora_lr=1.5e-3, seeds=1, eval_samples=4, lengthgen_steps=300,
-                     lengthgen_seeds=1),
+    "default": _DEFAULT,
+    # The default's model and data, trained and judged briefly: a smoke run whose verdicts are not meant to be read.
+    "quick": replace(_DEFAULT, copy_steps=150, short_steps=50, pretrain_steps=100, anneal_steps=0, finetune_steps=6,
+                     seeds=1, eval_samples=4, lengthgen_steps=300, lengthgen_seeds=1),
     # For the test suite: every stage runs, nothing is expected to be learned.
     "test": LabSize(native=512, hidden=32, layers=2, heads=2, kv_heads=1, intermediate=64, vocab=600,
                     prose_chars=50_000, retrieval_share=0.5, copy_len=128, copy_steps=2, copy_batch=2,
